@@ -1,0 +1,1 @@
+"""Algorithms: loss functions and the trainers that drive them."""

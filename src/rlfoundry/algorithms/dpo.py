@@ -1,0 +1,178 @@
+"""DPO and its variants: preference pairs -> one forward of chosen+rejected -> loss -> update.
+
+Override points (the seed's ``CustomDPOTrainer`` / ``MathDPOTrainer`` patterns):
+
+- ``compute_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+  reference_rejected_logps, **extra)``: return a loss tensor or ``(loss, metrics)``. Extra
+  batch columns (``math_correctness``, token counts, ...) are passed when the signature names
+  them (or takes ``**kwargs``).
+- ``train_step(batch)``: ``batch`` already holds the policy and reference per-sequence
+  log-probs under the names above, plus every collated column; return the loss (or
+  ``(loss, metrics)``). The trainer does backward, accumulation and the optimizer step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
+from rlfoundry.algorithms.loss_functions.dpo import preference_accuracy
+from rlfoundry.algorithms.reference import (
+    ReferenceTable,
+    examples_fingerprint,
+    frozen_copy,
+    sequence_logps,
+)
+from rlfoundry.algorithms.trainer_registry import TRAINERS
+from rlfoundry.config import RunConfig
+from rlfoundry.data import PreferenceDataset, collate_preference
+from rlfoundry.data.sources import load_dataset_spec
+from rlfoundry.ops.lm_head import token_logprobs
+from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
+
+LOGP_KEYS = ("policy_chosen_logps", "policy_rejected_logps",
+             "reference_chosen_logps", "reference_rejected_logps")
+
+
+def preference_metrics(pc, pr, rc, rr, beta: float) -> dict[str, torch.Tensor]:
+    """Implicit-reward statistics of a batch of pairs (the seed's metric names)."""
+    with torch.no_grad():
+        chosen = beta * (pc - (rc if rc is not None else 0.0))
+        rejected = beta * (pr - (rr if rr is not None else 0.0))
+        return {
+            "chosen_rewards_mean": chosen.mean(),
+            "rejected_rewards_mean": rejected.mean(),
+            "reward_gap": (chosen - rejected).mean(),
+            "accuracy": preference_accuracy(chosen, rejected),
+            "logps_chosen": pc.mean(),
+            "logps_rejected": pr.mean(),
+        }
+
+
+@TRAINERS.register("dpo")
+class DPOTrainer(Trainer):
+    """Direct Preference Optimization and its variants (loss chosen by ``algorithm.loss.type``)."""
+
+    kind = "dpo"
+    default_loss_type = "dpo"
+
+    @classmethod
+    def validate_config(cls, cfg: RunConfig) -> None:
+        LossFunctionRegistry.build(cfg.algorithm.loss)  # loss options are checked here, at load
+
+    # ---- data ----------------------------------------------------------------------------
+    def setup_data(self, dataset=None, eval_dataset=None) -> int:
+        data = self.config.data
+        train = _as_preference_dataset(dataset, data, "train")
+        evals = _as_preference_dataset(eval_dataset, data, "eval") if (
+            eval_dataset is not None or data.eval is not None or _is_builtin(data.train)) else None
+        kw = dict(max_length=data.max_length, max_prompt_length=data.max_prompt_length,
+                  truncation=data.truncation)
+        self.train_pairs = train.tokenize(self.tokenizer, **kw)
+        self.eval_pairs = evals.tokenize(self.tokenizer, **kw) if evals is not None else []
+        if not self.train_pairs:
+            raise ValueError("no training pairs left after tokenization (all rows dropped?)")
+        self._setup_reference()
+        return len(self.train_pairs)
+
+    def collate(self, indices: list[int], pairs=None) -> dict[str, Any]:
+        pairs = self.train_pairs if pairs is None else pairs
+        batch = collate_preference([pairs[i] for i in indices], self.tokenizer.pad_token_id)
+        batch["num_sequences"] = len(indices)
+        batch["num_tokens"] = int(batch["loss_mask"].sum())
+        batch["split"] = "train" if pairs is self.train_pairs else "eval"
+        return batch
+
+    # ---- reference -----------------------------------------------------------------------
+    def _setup_reference(self) -> None:
+        self.ref_model, self.ref_tables = None, {}
+        if not getattr(self.loss_fn, "requires_reference", True):
+            return
+        ref = frozen_copy(self.model)
+        if not self.config.reference.precompute:
+            self.ref_model = ref
+            return
+        cache = Path(self.config.reference.cache_dir or self.output_dir / "reference_cache")
+        size = self.config.training.micro_batch_size or self.config.training.batch_size
+        for split, pairs in (("train", self.train_pairs), ("eval", self.eval_pairs)):
+            if not pairs:
+                continue
+            batches = (self.collate(list(range(i, min(i + size, len(pairs)))), pairs)
+                       for i in range(0, len(pairs), size))
+            key = examples_fingerprint([(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs])
+            self.ref_tables[split] = ReferenceTable.build(ref, batches, len(pairs), cache, key)
+        del ref  # the reference model is not held during training
+
+    def reference_logps(self, batch: dict[str, Any]):
+        """(chosen, rejected) reference log-probs for a collated batch, or (None, None)."""
+        if batch["split"] in self.ref_tables:
+            return self.ref_tables[batch["split"]].lookup(batch["index"], self.device)
+        if self.ref_model is None:
+            return None, None
+        logps = sequence_logps(self.ref_model, batch)
+        b = batch["num_sequences"]
+        return logps[:b], logps[b:]
+
+    # ---- one micro-batch -----------------------------------------------------------------
+    def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        b = batch["num_sequences"]
+        out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        logps = out.sequence_sums()
+        batch["policy_chosen_logps"], batch["policy_rejected_logps"] = logps[:b], logps[b:]
+        batch["reference_chosen_logps"], batch["reference_rejected_logps"] = self.reference_logps(batch)
+        loss, metrics = as_loss_and_metrics(self.train_step(batch))
+        beta = float(getattr(self.loss_fn, "reference_policy_kl_penalty", 0.1))
+        defaults = preference_metrics(*(batch[k] for k in LOGP_KEYS), beta=beta)
+        return loss, {**defaults, **metrics}
+
+    def train_step(self, batch: dict[str, Any]):
+        """Loss of one micro-batch whose policy/reference log-probs are already in ``batch``."""
+        extra = {k: v for k, v in batch.items() if k not in LOGP_KEYS}
+        return call_with_accepted(self.compute_loss, *(batch[k] for k in LOGP_KEYS), **extra)
+
+    def compute_loss(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                     reference_rejected_logps, **extra):
+        """The configured loss function (``algorithm.loss``) on per-sequence log-probs."""
+        batch = dict(extra)
+        if reference_chosen_logps is not None:
+            batch["reference_chosen_logps"] = reference_chosen_logps
+            batch["reference_rejected_logps"] = reference_rejected_logps
+        outputs = {"policy_chosen_logps": policy_chosen_logps,
+                   "policy_rejected_logps": policy_rejected_logps}
+        return self.loss_fn(batch, outputs)
+
+    # ---- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out preference accuracy, reward gap and loss (weighted over all eval pairs)."""
+        from rlfoundry.training.metrics import WeightedMean
+
+        if not self.eval_pairs:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        acc = WeightedMean()
+        size = self.config.training.micro_batch_size or self.config.training.batch_size
+        n = len(self.eval_pairs)
+        for start in range(0, n, size):
+            batch = self.collate(list(range(start, min(start + size, n))), self.eval_pairs)
+            loss, metrics = self.micro_step(batch)
+            acc.add({**metrics, "loss": loss}, batch["num_sequences"] / n)
+        self.model.train(was_training)
+        return acc.result()
+
+
+def _is_builtin(spec) -> bool:
+    return isinstance(spec, str) and spec.startswith("builtin:")
+
+
+def _as_preference_dataset(dataset, data_cfg, split: str) -> PreferenceDataset:
+    if isinstance(dataset, PreferenceDataset):
+        return dataset
+    if dataset is not None:
+        return PreferenceDataset.from_rows(dataset)
+    return load_dataset_spec(data_cfg, split, PreferenceDataset)

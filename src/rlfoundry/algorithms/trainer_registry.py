@@ -1,0 +1,12 @@
+"""``TRAINERS``: algorithms selectable by ``algorithm.name`` (built-in and user-registered)."""
+
+from __future__ import annotations
+
+from rlfoundry.registry import Registry
+
+TRAINERS: Registry[type] = Registry("algorithm")
+
+
+def load_builtin_trainers() -> None:
+    """Import the built-in trainer modules so they register themselves."""
+    import rlfoundry.algorithms.dpo  # noqa: F401

@@ -1,0 +1,179 @@
+"""YAML + dotted command-line overrides -> a validated ``RunConfig``.
+
+``load_config("run.yaml", ["training.learning_rate=1e-5", "algorithm.loss.type=ipo"])``.
+Errors name the full key path and suggest the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from rlfoundry.config.schema import GRPO_ONLY_FIELDS, TRAINING_ALIASES, RunConfig
+from rlfoundry.errors import ConfigError
+from rlfoundry.registry import did_you_mean
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-5 (no dot) as a float, as people write learning rates."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict copy."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form key.path=value")
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a section")
+            node = child
+        node[parts[-1]] = parse_value(raw)
+    return data
+
+
+def load_config(source: str | Path | dict | RunConfig | None = None,
+                overrides: list[str] | None = None) -> RunConfig:
+    """Read, override, import plugins, validate and cross-check a run config."""
+    if isinstance(source, RunConfig):
+        if overrides:
+            source = source.model_dump()
+        else:
+            return finalize(source)
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, dict):
+        data = copy.deepcopy(source)
+    else:
+        data = read_yaml(source)
+    data = apply_overrides(data, overrides or [])
+    data = _move_aliases(data)
+    from rlfoundry.plugins import import_plugins
+
+    import_plugins(data.get("plugins") or [])
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+    return finalize(cfg)
+
+
+def _move_aliases(data: dict[str, Any]) -> dict[str, Any]:
+    """Seed-style spellings -> canonical keys (``loss_function:`` -> ``algorithm.loss``)."""
+    if "loss_function" in data:
+        algo = data.setdefault("algorithm", {})
+        if algo.get("loss"):
+            raise ConfigError("both 'loss_function' and 'algorithm.loss' are set; keep one")
+        algo["loss"] = data.pop("loss_function")
+    return data
+
+
+def finalize(cfg: RunConfig) -> RunConfig:
+    """Resolve aliases and reject incompatible combinations (at load time, not at step 300)."""
+    from rlfoundry.algorithms.trainer_registry import TRAINERS, load_builtin_trainers
+
+    load_builtin_trainers()
+    algo, train = cfg.algorithm, cfg.training
+    for key in TRAINING_ALIASES:
+        value = getattr(algo, key)
+        if value is None:
+            continue
+        if key in train.model_fields_set and getattr(train, key) != value:
+            raise ConfigError(
+                f"algorithm.{key}={value} and training.{key}={getattr(train, key)} disagree; keep one"
+            )
+        setattr(train, key, value)
+        setattr(algo, key, None)
+
+    if train.micro_batch_size and train.batch_size % train.micro_batch_size:
+        raise ConfigError(
+            f"training.batch_size ({train.batch_size}) must be a multiple of "
+            f"training.micro_batch_size ({train.micro_batch_size})"
+        )
+    try:
+        trainer_cls = TRAINERS.get(algo.name)
+    except ConfigError as e:
+        raise ConfigError(f"algorithm.name: {e}") from None
+    kind = getattr(trainer_cls, "kind", None)
+    if kind != "grpo":
+        used = [f for f in GRPO_ONLY_FIELDS if getattr(algo, f) is not None]
+        if used:
+            raise ConfigError(
+                f"algorithm.{used[0]} is a GRPO option, but algorithm '{algo.name}' is a "
+                f"{kind or 'custom'} trainer; remove it or use a GRPO algorithm"
+            )
+    loss = dict(algo.loss)
+    loss.setdefault("type", trainer_cls.default_loss_type)
+    if algo.beta is not None:
+        for k in ("reference_policy_kl_penalty", "beta"):
+            if k in loss and loss[k] != algo.beta:
+                raise ConfigError(f"algorithm.beta={algo.beta} and algorithm.loss.{k}={loss[k]} disagree; keep one")
+        if "beta" not in loss:
+            loss["reference_policy_kl_penalty"] = algo.beta
+    algo.loss = loss
+    trainer_cls.validate_config(cfg)
+    return cfg
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        path = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            fields = _fields_at(RunConfig, loc[:-1])
+            lines.append(f"{path}: unknown key{did_you_mean(loc[-1], fields)}; valid keys here: "
+                         f"{', '.join(sorted(fields))}")
+        else:
+            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *typing.get_args(ann)]
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)

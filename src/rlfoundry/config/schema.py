@@ -1,0 +1,162 @@
+"""The typed configuration. Every field is documented beside it; unknown keys are errors.
+
+A run's YAML has the sections below. ``algorithm.loss`` is free-form on purpose: its keys
+are validated by the loss class it names (built-in losses reject unknown keys; a user's
+subclass may accept its own).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are rejected, assignments re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        "builtin:tiny",
+        description="Local Hugging Face causal-LM directory, or a built-in random-init model: "
+        "'builtin:tiny' (~1.6M params) or 'builtin:small' (~5M).",
+    )
+    tokenizer: str | None = Field(
+        None, description="Tokenizer directory when it differs from name_or_path."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Parameter dtype of the policy (and reference) model."
+    )
+
+
+class DataConfig(Section):
+    train: str | list[dict[str, Any]] = Field(
+        "builtin:sort_preferences",
+        description="Training rows: a .jsonl/.json/.parquet/.csv path, a built-in set "
+        "('builtin:sort_preferences', 'builtin:addition'), or a list of rows.",
+    )
+    eval: str | list[dict[str, Any]] | None = Field(
+        None,
+        description="Held-out rows (same forms as train). For a built-in train set the matching "
+        "built-in eval split is used when this is left empty.",
+    )
+    train_size: int = Field(512, gt=0, description="Rows generated for a built-in train set.")
+    eval_size: int = Field(128, gt=0, description="Rows generated for a built-in eval set.")
+    max_length: int = Field(256, gt=1, description="Longest prompt+response in tokens.")
+    max_prompt_length: int | None = Field(
+        None, gt=0, description="Longest prompt in tokens (default: no separate limit)."
+    )
+    truncation: Literal["truncate_prompt", "drop", "error"] = Field(
+        "truncate_prompt",
+        description="Over-long rows: 'truncate_prompt' drops prompt tokens from the start, then "
+        "cuts responses at the end; 'drop' skips the row (counted and logged); 'error' raises.",
+    )
+
+
+class ReferenceConfig(Section):
+    precompute: bool = Field(
+        False,
+        description="Compute reference log-probs once for the whole data set, cache them on disk "
+        "and free the reference model before training.",
+    )
+    cache_dir: str | None = Field(
+        None, description="Cache directory for precomputed reference log-probs "
+        "(default: <output_dir>/reference_cache).",
+    )
+
+
+class TrainingConfig(Section):
+    output_dir: str = Field("runs/latest", description="Checkpoints, metrics.jsonl, logs.")
+    seed: int = Field(42, description="Seeds model init (built-ins), data order and sampling.")
+    max_steps: int | None = Field(
+        None, gt=0, description="Optimizer steps to run (default: from epochs)."
+    )
+    epochs: float = Field(1.0, gt=0, description="Passes over the training set when max_steps is unset.")
+    batch_size: int = Field(8, gt=0, description="Examples (pairs / prompts) per optimizer step.")
+    micro_batch_size: int | None = Field(
+        None, gt=0,
+        description="Examples per forward/backward; batch_size must be a multiple of it. "
+        "Gradients are accumulated exactly (normalised by the global count).",
+    )
+    learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "linear", description="Decay after warmup."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm (null: no clipping; grad_norm is still logged)."
+    )
+    eval_every: int | None = Field(None, gt=0, description="Evaluate every N steps (and at the end).")
+    save_every: int | None = Field(None, gt=0, description="Checkpoint every N steps (and at the end).")
+    keep_last: int | None = Field(3, gt=0, description="Checkpoints to keep (null: all).")
+    resume: str | None = Field(
+        None, description="'auto' (newest complete checkpoint in output_dir), a checkpoint path, or null."
+    )
+    on_nonfinite: Literal["raise", "skip_batch"] = Field(
+        "raise",
+        description="A NaN/inf loss or gradient: raise an error naming the step and loss component, "
+        "or skip the optimizer step and count it.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+
+
+class LoggingConfig(Section):
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to <output_dir>/tensorboard.")
+    progress_bar: bool = Field(True, description="Show a console progress bar with key metrics.")
+
+
+class GroupingConfig(Section):
+    similarity_threshold: float = Field(0.8, description="Similarity above which samples share a group.")
+    max_group_size: int | None = Field(None, gt=0, description="Largest group formed.")
+    min_group_size: int = Field(2, gt=0, description="Groups smaller than this are dropped.")
+
+
+class AlgorithmConfig(Section):
+    name: str = Field("dpo", description="Registered trainer: 'dpo', 'grpo', 'sft', or a custom one.")
+    beta: float | None = Field(
+        None, gt=0, description="DPO temperature; alias of loss.reference_policy_kl_penalty."
+    )
+    loss: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Loss config: 'type' names a registered loss (default: the algorithm's own); "
+        "other keys are that loss's options.",
+    )
+    # Training parameters written under `algorithm:` in the seed configs; they mean the same
+    # as the training.* keys and are moved there when the config loads.
+    learning_rate: float | None = Field(None, gt=0, description="Alias of training.learning_rate.")
+    max_grad_norm: float | None = Field(None, gt=0, description="Alias of training.max_grad_norm.")
+    warmup_steps: int | None = Field(None, ge=0, description="Alias of training.warmup_steps.")
+    # GRPO options (rejected for DPO/SFT trainers at load time).
+    group_size: int | None = Field(None, gt=1, description="GRPO: completions sampled per prompt.")
+    group_strategy: str | None = Field(None, description="GRPO: registered grouping strategy.")
+    grouping: GroupingConfig | None = Field(None, description="GRPO: grouping options.")
+    clip_ratio: float | None = Field(None, gt=0, description="GRPO: PPO clip range.")
+    value_loss_coef: float | None = Field(None, ge=0, description="GRPO: value-head loss weight.")
+    entropy_coef: float | None = Field(None, description="GRPO: entropy bonus weight.")
+
+
+GRPO_ONLY_FIELDS = ("group_size", "group_strategy", "grouping", "clip_ratio", "value_loss_coef",
+                    "entropy_coef")
+TRAINING_ALIASES = ("learning_rate", "max_grad_norm", "warmup_steps")
+
+
+class RunConfig(Section):
+    """A whole run: ``rlfoundry train run.yaml``."""
+
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Modules ('my_pkg.losses') or files ('./my_losses.py') imported before "
+        "anything is built, so their registrations are available by name.",
+    )

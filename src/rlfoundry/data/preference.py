@@ -1,0 +1,476 @@
+"""Preference pairs (a prompt, a chosen and a rejected completion) for DPO-style training.
+
+Row formats (one data set may mix standard and conversational rows, but not explicit and
+implicit prompts):
+
+* **standard**: ``prompt``, ``chosen`` and ``rejected`` are strings.
+* **conversational**: ``prompt`` is a list of ``{"role", "content"}`` messages; ``chosen``
+  and ``rejected`` are lists of (assistant) messages, or strings, which become one
+  assistant message each.
+* **implicit prompt**: no ``prompt`` column. For strings, the prompt is the longest common
+  prefix of ``chosen`` and ``rejected``, cut back to just after its last whitespace
+  character so that no word is split between prompt and completion (when the prefix holds
+  no whitespace it is kept whole); it is also shortened so that both completions keep at
+  least one character. For message lists, the prompt is the leading messages the two share
+  (each side keeps at least one message).
+
+Every other column is an *extra* (e.g. ``math_correctness``): it is kept per example and
+delivered in collated batches (numbers and booleans as float tensors ``[B]``, anything else
+as a Python list).
+
+Token layout and the log-prob convention: :func:`collate_preference` builds one batch of
+``2B`` rows (``prompt+chosen`` for rows ``0..B-1`` then ``prompt+rejected``), right-padded,
+with ``loss_mask`` 1 on completion tokens only. Logits at position ``t`` predict token
+``t+1``, so callers use ``labels = input_ids[:, 1:]`` and ``mask = loss_mask[:, 1:]``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from rlfoundry.data.io import load_rows
+from rlfoundry.data.prompts import (
+    Content,
+    Message,
+    apply_template,
+    check_content,
+    encode,
+    missing_key_error,
+    split_columns,
+)
+from rlfoundry.errors import ConfigError, DataError
+from rlfoundry.registry import did_you_mean
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+Truncation = Literal["truncate_prompt", "drop", "error"]
+TRUNCATION_POLICIES: tuple[str, ...] = ("truncate_prompt", "drop", "error")
+
+# Keys collate_preference writes itself; an extra column may not reuse them.
+BATCH_KEYS = frozenset({
+    "input_ids", "attention_mask", "loss_mask", "index",
+    "prompt_token_counts", "chosen_token_counts", "rejected_token_counts",
+})
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """One validated, normalized row. In a conversational example ``prompt``, ``chosen`` and
+    ``rejected`` are all message lists; in a standard one they are all strings."""
+
+    prompt: Content
+    chosen: Content
+    rejected: Content
+    extras: dict[str, Any] = field(default_factory=dict)
+    location: str = "<python>"
+    index: int = 0
+
+    @property
+    def conversational(self) -> bool:
+        return isinstance(self.prompt, list)
+
+
+@dataclass
+class TokenizedPair:
+    """Token ids of one example: the prompt and the two completions (without the prompt)."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    extras: dict[str, Any]
+    location: str
+    index: int
+    truncated: bool = False
+
+    @property
+    def length(self) -> int:
+        """Tokens of the longer of the two sequences (prompt + completion)."""
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
+
+
+class PreferenceDataset:
+    """Validated preference pairs.
+
+    Build one from columns (the prompt is implicit when ``prompts`` is None)::
+
+        PreferenceDataset(chosen_data=chosen, rejected_data=rejected)
+        PreferenceDataset(chosen_data=c, rejected_data=r, prompts=p, math_correctness=scores)
+
+    or from rows with :meth:`from_rows` (a path, a ``datasets.Dataset``, a DataFrame or a
+    list of dicts) or :meth:`from_file`. Invalid rows raise :class:`DataError` naming the
+    row's location. ``len()`` and indexing give :class:`PreferenceExample` objects;
+    :meth:`tokenize` turns them into :class:`TokenizedPair` objects.
+    """
+
+    def __init__(
+        self,
+        chosen_data: Sequence[Content],
+        rejected_data: Sequence[Content],
+        prompts: Sequence[Content] | None = None,
+        **extra_columns: Sequence[Any],
+    ) -> None:
+        for name, col in (("chosen_data", chosen_data), ("rejected_data", rejected_data),
+                          ("prompts", prompts)):
+            if isinstance(col, (str, bytes)):
+                raise DataError(f"{name} must be a list (one item per example), not a string")
+        rows = split_columns(
+            {"prompt": prompts, "chosen": chosen_data, "rejected": rejected_data}, extra_columns
+        )
+        self._build(rows, [f"<python>[row {i}]" for i in range(len(rows))])
+
+    @classmethod
+    def from_rows(cls, source: Any) -> PreferenceDataset:
+        """From a path, a ``datasets.Dataset``, a DataFrame or a list of row dicts."""
+        rows, locations = load_rows(source, text_columns=("prompt", "chosen", "rejected"))
+        self = cls.__new__(cls)
+        self._build(rows, locations)
+        return self
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PreferenceDataset:
+        """From a ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file."""
+        return cls.from_rows(Path(path))
+
+    # ------------------------------------------------------------------ building
+
+    def _build(self, rows: list[dict[str, Any]], locations: list[str]) -> None:
+        if not rows:
+            raise DataError("a PreferenceDataset needs at least one row")
+        implicit = not any("prompt" in row for row in rows)
+        if implicit:
+            hint = did_you_mean("prompt", [k for k in rows[0] if k not in ("chosen", "rejected")])
+            if hint:
+                warnings.warn(
+                    f"{locations[0]}: no 'prompt' column, so prompts are taken from the shared "
+                    f"start of chosen/rejected{hint}",
+                    stacklevel=3,
+                )
+        self.examples: list[PreferenceExample] = [
+            _normalize(row, where, i, implicit)
+            for i, (row, where) in enumerate(zip(rows, locations))
+        ]
+        self.implicit_prompt = implicit
+        self.num_identical = sum(e.chosen == e.rejected for e in self.examples)
+        self.num_dropped = 0
+        self.dropped_locations: list[str] = []
+        self.num_truncated = 0
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> PreferenceExample:
+        return self.examples[index]
+
+    def __iter__(self):
+        return iter(self.examples)
+
+    def __repr__(self) -> str:
+        conv = sum(e.conversational for e in self.examples)
+        extras = sorted({k for e in self.examples for k in e.extras})
+        return (f"PreferenceDataset({len(self)} rows, {conv} conversational, "
+                f"implicit_prompt={self.implicit_prompt}, extras={extras})")
+
+    @property
+    def extra_columns(self) -> list[str]:
+        """Names of the extra columns, in first-seen order."""
+        return list(dict.fromkeys(k for e in self.examples for k in e.extras))
+
+    # ------------------------------------------------------------------ tokenizing
+
+    def tokenize(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int = 512,
+        max_prompt_length: int | None = None,
+        truncation: Truncation = "truncate_prompt",
+    ) -> list[TokenizedPair]:
+        """Tokenize every example, applying a length policy.
+
+        Rendering: a standard row's prompt is tokenized with the tokenizer's default special
+        tokens (a BOS is added if the tokenizer adds one); each completion is tokenized
+        without them and gets the EOS id appended unless it already ends with it. A
+        conversational row's prompt is the chat template applied to the prompt messages
+        with the generation prompt; the completion is the rest of the template applied to
+        prompt + completion messages (it must start with the prompt text); both are
+        tokenized without extra special tokens (the template ends the turn itself).
+
+        A row is *too long* when its prompt has more than ``max_prompt_length`` tokens (if
+        set) or prompt + longer completion has more than ``max_length``. ``truncation``:
+
+        * ``"truncate_prompt"`` (default): first keep the last ``max_prompt_length`` prompt
+          tokens (if set). If prompt + longer completion still exceeds ``max_length``, drop
+          tokens from the *start* of the prompt (keeping the end, nearest the answer) as
+          needed, but not below ``max_prompt_length`` tokens when that is set, nor below
+          ``max_length // 2`` tokens when it is not. If it is still too long, cut both
+          completions at the end to fit (the EOS is then lost). ``num_truncated`` counts
+          the rows changed.
+        * ``"drop"``: leave too-long rows out; ``num_dropped`` and ``dropped_locations``
+          report them. A DataError is raised if every row is dropped.
+        * ``"error"``: raise a DataError naming the first too-long row and its lengths.
+
+        A row whose completion has no tokens is always an error.
+        """
+        if truncation not in TRUNCATION_POLICIES:
+            raise ConfigError(
+                f"unknown truncation '{truncation}'{did_you_mean(truncation, TRUNCATION_POLICIES)}; "
+                f"choose from {', '.join(TRUNCATION_POLICIES)}"
+            )
+        if max_length < 2:
+            raise ConfigError(f"max_length must be >= 2, got {max_length}")
+        if max_prompt_length is not None and not 1 <= max_prompt_length < max_length:
+            raise ConfigError(
+                f"max_prompt_length must be between 1 and max_length - 1 ({max_length - 1}), "
+                f"got {max_prompt_length}"
+            )
+
+        encoded = _encode_examples(tokenizer, self.examples)
+        pairs: list[TokenizedPair] = []
+        dropped: list[str] = []
+        truncated = 0
+        for ex, (p, c, r) in zip(self.examples, encoded):
+            for name, ids in (("chosen", c), ("rejected", r)):
+                if not ids:
+                    raise DataError(f"{ex.location}: the {name} completion has no tokens")
+            problem = _too_long(p, c, r, max_length, max_prompt_length)
+            cut = False
+            if problem is not None:
+                if truncation == "error":
+                    raise DataError(
+                        f"{ex.location}: row too long: {problem}; raise the limit or use "
+                        "truncation='truncate_prompt' or 'drop'"
+                    )
+                if truncation == "drop":
+                    dropped.append(ex.location)
+                    continue
+                p, c, r = _truncate(p, c, r, max_length, max_prompt_length)
+                cut = True
+                truncated += 1
+            pairs.append(TokenizedPair(p, c, r, dict(ex.extras), ex.location, ex.index, cut))
+
+        self.num_dropped = len(dropped)
+        self.dropped_locations = dropped
+        self.num_truncated = truncated
+        if not pairs:
+            raise DataError(
+                f"all {len(self)} rows are longer than max_length={max_length}"
+                f"{'' if max_prompt_length is None else f' / max_prompt_length={max_prompt_length}'}"
+                " and were dropped; raise the limits or use truncation='truncate_prompt'"
+            )
+        return pairs
+
+
+# ---------------------------------------------------------------------- normalization
+
+
+def _normalize(row: dict[str, Any], where: str, index: int, implicit: bool) -> PreferenceExample:
+    for key in ("chosen", "rejected") if implicit else ("prompt", "chosen", "rejected"):
+        if key not in row or row[key] is None:
+            raise missing_key_error(where, key, row)
+    chosen = check_content(row["chosen"], where, "chosen")
+    rejected = check_content(row["rejected"], where, "rejected")
+    extras = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
+    clash = sorted(BATCH_KEYS.intersection(extras))
+    if clash:
+        raise DataError(
+            f"{where}: column '{clash[0]}' has the name of a batch key; rename it "
+            f"(reserved: {', '.join(sorted(BATCH_KEYS))})"
+        )
+
+    if implicit:
+        if isinstance(chosen, str) != isinstance(rejected, str):
+            raise DataError(
+                f"{where}: 'chosen' and 'rejected' must both be strings or both message lists"
+            )
+        if isinstance(chosen, str) and isinstance(rejected, str):
+            prompt: Content
+            prompt, chosen, rejected = _split_text(chosen, rejected)
+        else:
+            assert isinstance(chosen, list) and isinstance(rejected, list)
+            prompt, chosen, rejected = _split_messages(chosen, rejected)
+        return PreferenceExample(prompt, chosen, rejected, extras, where, index)
+
+    prompt = check_content(row["prompt"], where, "prompt", allow_empty=True)
+    if isinstance(prompt, str):
+        if not (isinstance(chosen, str) and isinstance(rejected, str)):
+            raise DataError(
+                f"{where}: message-list completions need a message-list prompt; "
+                "the prompt here is a string"
+            )
+        return PreferenceExample(prompt, chosen, rejected, extras, where, index)
+    return PreferenceExample(prompt, _as_messages(chosen), _as_messages(rejected), extras,
+                             where, index)
+
+
+def _as_messages(content: Content) -> list[Message]:
+    if isinstance(content, str):
+        return [{"role": "assistant", "content": content}]
+    return content
+
+
+def _split_text(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Longest common prefix as the prompt, cut back to just after whitespace."""
+    limit = min(len(chosen), len(rejected)) - 1  # both completions keep >= 1 character
+    n = 0
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    prefix = chosen[:n]
+    last_space = max((i for i, ch in enumerate(prefix) if ch.isspace()), default=-1)
+    if last_space >= 0:
+        n = last_space + 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _split_messages(
+    chosen: list[Message], rejected: list[Message]
+) -> tuple[list[Message], list[Message], list[Message]]:
+    """Shared leading messages as the prompt; each side keeps at least one message."""
+    limit = min(len(chosen), len(rejected)) - 1
+    n = 0
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+# ---------------------------------------------------------------------- tokenization
+
+
+def _encode_examples(
+    tokenizer: PreTrainedTokenizerBase, examples: list[PreferenceExample]
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt, chosen, rejected) ids per example, tokenizing in two batched calls."""
+    with_specials: list[str] = []  # standard prompts
+    plain: list[str] = []  # everything else
+    slots: list[tuple[tuple[bool, int], int, int]] = []
+    for ex in examples:
+        if ex.conversational:
+            assert isinstance(ex.prompt, list)
+            prompt_text = apply_template(tokenizer, ex.prompt, add_generation_prompt=True,
+                                         where=ex.location)
+            completions = []
+            for name, msgs in (("chosen", ex.chosen), ("rejected", ex.rejected)):
+                assert isinstance(msgs, list)
+                full = apply_template(tokenizer, ex.prompt + msgs, add_generation_prompt=False,
+                                      where=ex.location)
+                if not full.startswith(prompt_text):
+                    raise DataError(
+                        f"{ex.location}: the chat template does not render the prompt as a "
+                        f"prefix of prompt + {name}, so the completion cannot be separated"
+                    )
+                completions.append(full[len(prompt_text):])
+            prompt_slot = (False, len(plain))
+            plain.append(prompt_text)
+        else:
+            assert isinstance(ex.prompt, str)
+            prompt_slot = (True, len(with_specials))
+            with_specials.append(ex.prompt)
+            completions = [ex.chosen, ex.rejected]  # type: ignore[list-item]
+        slots.append((prompt_slot, len(plain), len(plain) + 1))
+        plain.extend(completions)
+
+    special_ids = encode(tokenizer, with_specials, special=True)
+    plain_ids = encode(tokenizer, plain, special=False)
+    eos = tokenizer.eos_token_id
+    out = []
+    for ex, ((is_special, p_i), c_i, r_i) in zip(examples, slots):
+        p = special_ids[p_i] if is_special else plain_ids[p_i]
+        c, r = plain_ids[c_i], plain_ids[r_i]
+        if not ex.conversational and eos is not None:
+            c = c if c and c[-1] == eos else [*c, eos]
+            r = r if r and r[-1] == eos else [*r, eos]
+        out.append((p, c, r))
+    return out
+
+
+def _too_long(
+    p: list[int], c: list[int], r: list[int], max_length: int, max_prompt_length: int | None
+) -> str | None:
+    longest = max(len(c), len(r))
+    if max_prompt_length is not None and len(p) > max_prompt_length:
+        return f"prompt has {len(p)} tokens, max_prompt_length is {max_prompt_length}"
+    if len(p) + longest > max_length:
+        return (f"prompt {len(p)} + longest completion {longest} = {len(p) + longest} tokens, "
+                f"max_length is {max_length}")
+    return None
+
+
+def _truncate(
+    p: list[int], c: list[int], r: list[int], max_length: int, max_prompt_length: int | None
+) -> tuple[list[int], list[int], list[int]]:
+    """The ``truncate_prompt`` policy (see :meth:`PreferenceDataset.tokenize`)."""
+    if max_prompt_length is not None and len(p) > max_prompt_length:
+        p = p[len(p) - max_prompt_length:]
+    longest = max(len(c), len(r))
+    if len(p) + longest > max_length:
+        floor = len(p) if max_prompt_length is not None else min(len(p), max_length // 2)
+        keep = max(max_length - longest, floor)
+        if keep < len(p):
+            p = p[len(p) - keep:]
+        room = max_length - len(p)  # >= 1 because the prompt is kept below max_length
+        c, r = c[:room], r[:room]
+    return p, c, r
+
+
+# ---------------------------------------------------------------------- collation
+
+
+def collate_preference(
+    pairs: Sequence[TokenizedPair], pad_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, Any]:
+    """One right-padded batch of ``2B`` rows for a single forward pass.
+
+    Rows ``0..B-1`` are prompt+chosen and rows ``B..2B-1`` prompt+rejected, in the order of
+    ``pairs``. Returns ``input_ids`` (long ``[2B, T]``), ``attention_mask`` (long, 1 on real
+    tokens), ``loss_mask`` (float, 1 on completion tokens only), ``prompt_token_counts``
+    (long ``[B]``), ``chosen_token_counts`` / ``rejected_token_counts`` (float ``[B]``),
+    ``index`` (long ``[B]``, data set indices) and one entry per extra column: a float
+    tensor ``[B]`` when every value is a number or boolean, else a list. ``T`` is the
+    longest row, rounded up to a multiple of ``pad_to_multiple_of`` if given. Logits at
+    position ``t`` predict token ``t+1``: use ``input_ids[:, 1:]`` and ``loss_mask[:, 1:]``.
+    """
+    if not pairs:
+        raise ValueError("collate_preference needs at least one pair")
+    b = len(pairs)
+    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs]
+    sequences += [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    t = max(len(prompt) + len(comp) for prompt, comp in sequences)
+    if pad_to_multiple_of:
+        t = -(-t // pad_to_multiple_of) * pad_to_multiple_of
+
+    input_ids = torch.full((2 * b, t), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((2 * b, t), dtype=torch.long)
+    loss_mask = torch.zeros((2 * b, t), dtype=torch.float)
+    for row, (prompt, comp) in enumerate(sequences):
+        n_p, n = len(prompt), len(prompt) + len(comp)
+        input_ids[row, :n] = torch.tensor(prompt + comp, dtype=torch.long)
+        attention_mask[row, :n] = 1
+        loss_mask[row, n_p:n] = 1.0
+
+    batch: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "loss_mask": loss_mask,
+        "prompt_token_counts": torch.tensor([len(p.prompt_ids) for p in pairs], dtype=torch.long),
+        "chosen_token_counts": torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.float),
+        "rejected_token_counts": torch.tensor([len(p.rejected_ids) for p in pairs],
+                                              dtype=torch.float),
+        "index": torch.tensor([p.index for p in pairs], dtype=torch.long),
+    }
+    keys = dict.fromkeys(k for p in pairs for k in p.extras)
+    for key in keys:
+        batch[key] = collate_extra([p.extras.get(key) for p in pairs])
+    return batch
+
+
+def collate_extra(values: list[Any]) -> torch.Tensor | list[Any]:
+    """A float tensor when every value is a real number or a bool, else the list itself."""
+    if values and all(isinstance(v, numbers.Real) for v in values):
+        return torch.tensor([float(v) for v in values], dtype=torch.float)
+    return list(values)

@@ -1,0 +1,233 @@
+"""Prompt-only data (for GRPO and generation) and the prompt helpers shared with preferences.
+
+A prompt is either a plain string or a conversation: a list of ``{"role", "content"}``
+messages. A string is tokenized as is, with the tokenizer's default special tokens (so a BOS
+is added if the tokenizer adds one). A conversation is rendered with the tokenizer's chat
+template and the generation prompt (the assistant header) and then tokenized without extra
+special tokens, since the template writes its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rlfoundry.data.io import load_rows
+from rlfoundry.errors import ConfigError, DataError
+from rlfoundry.registry import did_you_mean
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+Message = dict[str, Any]
+Content = str | list[Message]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def missing_key_error(where: str, key: str, row: Mapping[str, Any]) -> DataError:
+    """A DataError for a row lacking ``key``, suggesting a close present key."""
+    present = ", ".join(repr(k) for k in row) or "(none)"
+    return DataError(f"{where}: missing key '{key}'{did_you_mean(key, row)}; the row has {present}")
+
+
+def check_messages(value: Any, where: str, name: str) -> list[Message]:
+    """Validate a list of ``{"role": str, "content": str}`` messages (extra keys are kept)."""
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"{where}: '{name}' must be a list of messages, got {type(value).__name__}")
+    messages: list[Message] = []
+    for i, m in enumerate(value):
+        if not isinstance(m, Mapping):
+            raise DataError(
+                f"{where}: {name}[{i}] must be a {{'role', 'content'}} object, got {type(m).__name__}"
+            )
+        for key in ("role", "content"):
+            if key not in m:
+                raise missing_key_error(f"{where}: {name}[{i}]", key, m)
+            if not isinstance(m[key], str):
+                raise DataError(
+                    f"{where}: {name}[{i}]['{key}'] must be a string, got {type(m[key]).__name__}"
+                )
+        messages.append(dict(m))
+    return messages
+
+
+def check_content(value: Any, where: str, name: str, *, allow_empty: bool = False) -> Content:
+    """Validate a string or a message list (a single message dict becomes a one-item list)."""
+    if isinstance(value, str):
+        if not allow_empty and not value.strip():
+            raise DataError(f"{where}: '{name}' is empty")
+        return value
+    if isinstance(value, Mapping) and "role" in value:
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        messages = check_messages(value, where, name)
+        if not messages and not allow_empty:
+            raise DataError(f"{where}: '{name}' is an empty message list")
+        return messages
+    raise DataError(
+        f"{where}: '{name}' must be a string or a list of {{'role', 'content'}} messages, "
+        f"got {type(value).__name__}"
+    )
+
+
+def split_columns(
+    columns: Mapping[str, Sequence[Any] | None], extra_columns: Mapping[str, Sequence[Any]]
+) -> list[dict[str, Any]]:
+    """Turn equally long columns into row dicts; ``None`` columns are left out."""
+    given = {k: v for k, v in {**columns, **extra_columns}.items() if v is not None}
+    lengths = {k: len(v) for k, v in given.items()}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k}={n}" for k, n in lengths.items())
+        raise DataError(f"columns must all have the same length; got {detail}")
+    n = next(iter(lengths.values()), 0)
+    return [{k: v[i] for k, v in given.items()} for i in range(n)]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def apply_template(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    *,
+    add_generation_prompt: bool,
+    where: str,
+) -> str:
+    """Render messages to text with the tokenizer's chat template (DataError on failure)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(
+            f"{where}: conversational rows need a tokenizer with a chat template; "
+            "this tokenizer has none (set tokenizer.chat_template or use string rows)"
+        )
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+    except Exception as e:  # template errors come from jinja and are of many types
+        raise DataError(f"{where}: the chat template failed on this row: {e}") from e
+    if not isinstance(text, str):
+        raise DataError(f"{where}: the chat template returned {type(text).__name__}, not text")
+    return text
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, special: bool) -> list[list[int]]:
+    """Token ids of each text (batched); ``special`` adds the tokenizer's default specials."""
+    if not texts:
+        return []
+    ids = tokenizer(texts, add_special_tokens=special)["input_ids"]
+    return [list(x) for x in ids]
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Content, where: str = "prompt") -> str:
+    """The text a model is given: a string as is, messages via the chat template with the
+    generation prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    return apply_template(tokenizer, prompt, add_generation_prompt=True, where=where)
+
+
+def keep_end(ids: list[int], limit: int | None) -> list[int]:
+    """The last ``limit`` ids (all of them when ``limit`` is None)."""
+    if limit is None or len(ids) <= limit:
+        return ids
+    return ids[len(ids) - limit :]
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """One validated prompt row: the prompt, the other columns, and where it came from."""
+
+    prompt: Content
+    extras: dict[str, Any] = field(default_factory=dict)
+    location: str = "<python>"
+    index: int = 0
+
+    @property
+    def conversational(self) -> bool:
+        return isinstance(self.prompt, list)
+
+
+def tokenize_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    example: PromptExample | Content,
+    max_prompt_length: int | None = None,
+) -> list[int]:
+    """Prompt token ids, keeping the *end* (nearest the answer) when longer than
+    ``max_prompt_length``. Strings get the tokenizer's default special tokens; messages are
+    rendered with the chat template and generation prompt, then tokenized without specials."""
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise ConfigError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
+    if isinstance(example, PromptExample):
+        prompt, where = example.prompt, example.location
+    else:
+        where = "prompt"
+        prompt = check_content(example, where, "prompt", allow_empty=True)
+    text = render_prompt(tokenizer, prompt, where)
+    ids = encode(tokenizer, [text], special=isinstance(prompt, str))[0]
+    return keep_end(ids, max_prompt_length)
+
+
+class PromptDataset:
+    """Prompts plus any other columns (e.g. ``answer``), kept per example for reward functions.
+
+    ``PromptDataset(prompts=[...], answer=[...])`` builds one from columns;
+    :meth:`from_rows` takes a file path, a ``datasets.Dataset`` or a list of row dicts with a
+    ``prompt`` key; :meth:`from_file` reads a file. Indexing gives a :class:`PromptExample`.
+    """
+
+    def __init__(self, prompts: Sequence[Content], **extra_columns: Sequence[Any]) -> None:
+        if isinstance(prompts, (str, bytes)):
+            raise DataError("prompts must be a list of prompts, not a single string")
+        rows = split_columns({"prompt": prompts}, extra_columns)
+        self._build(rows, [f"<python>[row {i}]" for i in range(len(rows))])
+
+    @classmethod
+    def from_rows(cls, source: Any) -> PromptDataset:
+        """From a path, a ``datasets.Dataset``, a DataFrame or a list of row dicts."""
+        rows, locations = load_rows(source, text_columns=("prompt",))
+        self = cls.__new__(cls)
+        self._build(rows, locations)
+        return self
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PromptDataset:
+        """From a ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file."""
+        return cls.from_rows(Path(path))
+
+    def _build(self, rows: list[dict[str, Any]], locations: list[str]) -> None:
+        if not rows:
+            raise DataError("a PromptDataset needs at least one row")
+        examples = []
+        for i, (row, where) in enumerate(zip(rows, locations)):
+            if "prompt" not in row:
+                raise missing_key_error(where, "prompt", row)
+            prompt = check_content(row["prompt"], where, "prompt")
+            extras = {k: v for k, v in row.items() if k != "prompt"}
+            examples.append(PromptExample(prompt, extras, where, i))
+        self.examples: list[PromptExample] = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> PromptExample:
+        return self.examples[index]
+
+    def __iter__(self):
+        return iter(self.examples)
+
+    def __repr__(self) -> str:
+        extras = sorted({k for e in self.examples for k in e.extras})
+        return f"PromptDataset({len(self)} rows, extras={extras})"
+
+    def tokenize(
+        self, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int | None = None
+    ) -> list[list[int]]:
+        """Token ids of every prompt (see :func:`tokenize_prompt`)."""
+        return [tokenize_prompt(tokenizer, e, max_prompt_length) for e in self.examples]

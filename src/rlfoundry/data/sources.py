@@ -1,0 +1,28 @@
+"""Config ``data.train`` / ``data.eval`` -> a dataset: built-in names, file paths or row lists."""
+
+from __future__ import annotations
+
+from rlfoundry.config.schema import DataConfig
+from rlfoundry.errors import ConfigError
+
+BUILTIN = "builtin:"
+
+
+def load_dataset_spec(data: DataConfig, split: str, cls):
+    """Build ``cls`` (PreferenceDataset / PromptDataset) for ``split`` ('train' or 'eval').
+
+    A built-in train set without an explicit ``data.eval`` gets the matching built-in eval
+    split (generated with a different seed and de-duplicated against train).
+    """
+    spec = data.train if split == "train" else (data.eval if data.eval is not None else data.train)
+    key = f"data.{split}" if split == "train" or data.eval is not None else "data.train"
+    if isinstance(spec, str) and spec.startswith(BUILTIN):
+        from rlfoundry.data.synthetic import builtin_dataset
+
+        size = data.train_size if split == "train" else data.eval_size
+        try:
+            rows = builtin_dataset(spec[len(BUILTIN):], split, size, seed=0)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"{key}: {e}") from None
+        return cls.from_rows(rows)
+    return cls.from_rows(spec)

@@ -1,0 +1,23 @@
+"""Exceptions a user can cause. Each message says what was wrong, where, and what to do."""
+
+from __future__ import annotations
+
+
+class RLFoundryError(Exception):
+    """Base class of every error rlfoundry raises on purpose."""
+
+
+class ConfigError(RLFoundryError, ValueError):
+    """A configuration value is unknown, mistyped or incompatible (message names the key path)."""
+
+
+class DataError(RLFoundryError, ValueError):
+    """A data row or file is malformed (message names the file and line/row)."""
+
+
+class NonFiniteError(RLFoundryError, FloatingPointError):
+    """A loss, gradient or reward became NaN/inf (message names the step and component)."""
+
+
+class CheckpointError(RLFoundryError):
+    """A checkpoint could not be written or read."""

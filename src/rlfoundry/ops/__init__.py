@@ -1,0 +1,1 @@
+"""Tensor operations shared by losses and trainers (log-probs, masking, reductions)."""

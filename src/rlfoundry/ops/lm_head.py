@@ -1,0 +1,109 @@
+"""Per-token log-probs of given tokens straight from hidden states, chunk by chunk.
+
+A causal LM's last layer maps hidden states [B, T, H] to logits [B, T, V]; most post-training
+code then takes a full log-softmax just to read one column per position. Here the lm-head is
+applied only at the positions whose log-prob is needed (response tokens), a chunk of them at a
+time, and each chunk is recomputed in the backward pass (activation checkpointing), so memory
+holds one [chunk, V] block instead of [B, T, V] logits plus their log-softmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from rlfoundry.ops.logprobs import logprobs_from_logits
+
+DEFAULT_CHUNK = 1024
+
+
+def _chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           targets: torch.Tensor, with_entropy: bool):
+    logits = F.linear(hidden, weight, bias)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, None
+    probs = torch.softmax(logits, dim=-1)
+    entropy = lse - (probs * logits).sum(-1)
+    return logp, entropy
+
+
+def gather_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    targets: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK,
+                    with_entropy: bool = False):
+    """log p(target | hidden) for N positions: hidden [N, H], targets [N] -> ([N], entropy [N] | None)."""
+    logps, ents = [], []
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    for start in range(0, hidden.shape[0], chunk_size):
+        args = (hidden[start:start + chunk_size], weight, bias, targets[start:start + chunk_size],
+                with_entropy)
+        lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
+        logps.append(lp)
+        ents.append(ent)
+    logp = torch.cat(logps) if logps else hidden.new_zeros(0, dtype=torch.float32)
+    entropy = torch.cat(ents) if with_entropy and ents else None
+    return logp, entropy
+
+
+@dataclass
+class TokenLogprobs:
+    """Dense per-token results aligned with ``labels = input_ids[:, 1:]``."""
+
+    logprobs: torch.Tensor  # [B, T-1], 0 where mask is 0
+    mask: torch.Tensor  # [B, T-1] bool
+    entropy: torch.Tensor | None = None  # [B, T-1]
+    hidden: torch.Tensor | None = None  # [B, T, H] last hidden states (when asked for)
+
+    def sequence_sums(self) -> torch.Tensor:
+        return self.logprobs.sum(-1)
+
+    def token_counts(self) -> torch.Tensor:
+        return self.mask.sum(-1).to(self.logprobs.dtype)
+
+
+def _uses_plain_lm_head(model) -> bool:
+    """False for models that post-process logits (softcapping, scaling): use full logits there."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or model.get_output_embeddings() is None:
+        return False
+    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
+        if getattr(cfg, attr, None) not in (None, 1, 1.0):
+            return False
+    return hasattr(model, "base_model") and model.base_model is not model
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   loss_mask: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK,
+                   with_entropy: bool = False, return_hidden: bool = False) -> TokenLogprobs:
+    """Log-probs of ``input_ids[:, 1:]`` where ``loss_mask[:, 1:]`` is set, in one forward.
+
+    Only the masked positions go through the lm-head (no [B, T, V] tensor), unless the model
+    post-processes its logits, in which case the model's own logits are used.
+    """
+    mask = loss_mask[:, 1:].bool()
+    labels = input_ids[:, 1:]
+    if _uses_plain_lm_head(model):
+        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out.last_hidden_state
+        head = model.get_output_embeddings()
+        lp, ent = gather_logprobs(hidden[:, :-1][mask], head.weight, head.bias, labels[mask],
+                                  chunk_size=chunk_size, with_entropy=with_entropy)
+        dense = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device).masked_scatter(mask, lp)
+        dense_ent = None
+        if ent is not None:
+            dense_ent = torch.zeros(mask.shape, dtype=ent.dtype, device=ent.device).masked_scatter(mask, ent)
+        return TokenLogprobs(dense, mask, dense_ent, hidden if return_hidden else None)
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                output_hidden_states=return_hidden)
+    logits = out.logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    lp = logprobs_from_logits(logits, labels) * mask
+    ent = None
+    if with_entropy:
+        ent = (torch.logsumexp(logits, -1) - (logits.softmax(-1) * logits).sum(-1)) * mask
+    return TokenLogprobs(lp, mask, ent, out.hidden_states[-1] if return_hidden else None)

@@ -1,0 +1,1 @@
+"""The pieces every trainer shares: optimizer, schedule, sampler, checkpoints, metrics."""

@@ -1,0 +1,228 @@
+"""The loop every trainer shares: micro-batches -> exact accumulation -> optimizer step.
+
+A trainer subclass supplies four things: ``setup_data`` (build examples), ``collate`` (a list
+of examples -> one micro-batch dict with ``num_sequences``/``num_tokens``), ``micro_step``
+(micro-batch -> ``(loss, metrics)``) and ``evaluate``. Everything else -- the optimizer, the
+schedule, clipping, non-finite handling, checkpoints, resume and logging -- lives here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
+from rlfoundry.config import RunConfig, load_config
+from rlfoundry.config.schema import AlgorithmConfig
+from rlfoundry.errors import ConfigError, NonFiniteError
+from rlfoundry.models import load_model, load_tokenizer
+from rlfoundry.training import checkpoint as ckpt
+from rlfoundry.training.logger import MetricsLogger
+from rlfoundry.training.metrics import WeightedMean, nonfinite_keys
+from rlfoundry.training.optim import build_optimizer, build_scheduler
+from rlfoundry.training.sampler import EpochSampler
+
+
+def coerce_config(config: Any, algorithm: str) -> RunConfig:
+    """A RunConfig, a YAML path, a full run dict, or just an ``algorithm`` section dict."""
+    if config is None:
+        config = {"algorithm": {"name": algorithm}}
+    elif isinstance(config, dict) and config and set(config) <= set(AlgorithmConfig.model_fields):
+        config = {"algorithm": {"name": algorithm, **config}}
+    return load_config(config)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device: 'cuda' requested but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def call_with_accepted(fn, *args, **kwargs):
+    """Call ``fn`` passing only the keyword arguments its signature accepts."""
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return fn(*args, **kwargs)
+
+
+def as_loss_and_metrics(result) -> tuple[torch.Tensor, dict[str, Any]]:
+    """User hooks may return a loss tensor or ``(loss, metrics)``."""
+    if isinstance(result, tuple):
+        loss, metrics = result
+        return loss, dict(metrics or {})
+    return result, {}
+
+
+class Trainer:
+    """Base of the DPO, GRPO and SFT trainers (not used directly)."""
+
+    kind = "base"
+    default_loss_type = ""
+
+    def __init__(self, model=None, tokenizer=None, config=None, *, loss_fn=None):
+        self.config = coerce_config(config, self.kind)
+        self.validate_config(self.config)
+        cfg = self.config
+        seed_everything(cfg.training.seed)
+        self.device = select_device(cfg.training.device)
+        if tokenizer is None or isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer or cfg.model.name_or_path, cfg.model.tokenizer)
+        self.tokenizer = tokenizer
+        if model is None or isinstance(model, (str, Path)):
+            model = load_model(str(model or cfg.model.name_or_path), tokenizer, cfg.model.dtype,
+                               seed=cfg.training.seed)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn if loss_fn is not None else LossFunctionRegistry.build(cfg.algorithm.loss)
+        self.output_dir = Path(cfg.training.output_dir)
+        self.step = 0
+        self.skipped_steps = 0
+
+    # ---- hooks for subclasses -------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, cfg: RunConfig) -> None:
+        """Reject option combinations this trainer cannot honour (called at config load)."""
+
+    def setup_data(self, dataset, eval_dataset) -> int:
+        """Prepare training/eval examples; return the number of training examples."""
+        raise NotImplementedError
+
+    def collate(self, indices: list[int]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Algorithm state to checkpoint besides model/optimizer/RNG/data position."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ---- the loop -------------------------------------------------------------------------
+    def train(self, dataset=None, eval_dataset=None) -> dict[str, float]:
+        """Train on ``dataset`` (default: ``config.data``); return the last step's metrics."""
+        cfg = self.config.training
+        num_examples = self.setup_data(dataset, eval_dataset)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * num_examples / cfg.batch_size))
+        self.sampler = EpochSampler(num_examples, cfg.batch_size, cfg.seed)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
+        if resume_from is not None:
+            self._restore(resume_from)
+        self.logger = MetricsLogger(self.output_dir, self.config.logging, self.total_steps, self.step)
+        if resume_from is not None:
+            self.logger.write(f"resumed from {resume_from} at step {self.step}")
+        metrics: dict[str, float] = {}
+        self.initial_eval, self.last_eval = {}, {}
+        try:
+            if cfg.eval_every and self.step == 0:
+                self.initial_eval = self._log_eval()
+            while self.step < self.total_steps:
+                metrics = self.optimizer_step(self.sampler.next_batch())
+                self.step += 1
+                self.logger.log(self.step, metrics)
+                last = self.step == self.total_steps
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
+                    self.last_eval = self._log_eval()
+                if last or (cfg.save_every and self.step % cfg.save_every == 0):
+                    self.save_checkpoint()
+            ckpt.save_pretrained(self.model, self.tokenizer, self.output_dir / "final")
+        finally:
+            self.logger.close()
+        return metrics
+
+    def _log_eval(self) -> dict[str, float]:
+        result = self.evaluate()
+        if result:
+            self.logger.log(self.step, {f"eval/{k}": v for k, v in result.items()})
+        return result
+
+    def micro_batches(self, indices: list[int]) -> list[dict[str, Any]]:
+        size = self.config.training.micro_batch_size or len(indices)
+        return [self.collate(indices[i:i + size]) for i in range(0, len(indices), size)]
+
+    def optimizer_step(self, indices: list[int]) -> dict[str, float]:
+        """Forward/backward every micro-batch, weighting each by its share of the global
+        sequence (or token) count, so accumulation equals one big batch; then one update."""
+        self.model.train()
+        batches = self.micro_batches(indices)
+        count_key = "num_tokens" if getattr(self.loss_fn, "reduction", "sequence") == "token" else "num_sequences"
+        total = sum(b[count_key] for b in batches)
+        acc, losses, per_batch = WeightedMean(), [], []
+        for batch in batches:
+            weight = batch[count_key] / total
+            loss, metrics = self.micro_step(batch)
+            (loss * weight).backward()
+            losses.append(loss.detach())
+            per_batch.append(metrics)
+            acc.add({**metrics, "loss": loss.detach()}, weight)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.config.training.max_grad_norm or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        acc.add({"grad_norm": grad_norm}, 1.0)
+        metrics = acc.result()
+        bad = nonfinite_keys(metrics)
+        if bad:
+            self._handle_nonfinite(bad, metrics)
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["skipped_steps"] = self.skipped_steps
+        return metrics
+
+    def _handle_nonfinite(self, bad: list[str], metrics: dict[str, float]) -> None:
+        where = ", ".join(f"{k}={metrics[k]}" for k in bad)
+        if self.config.training.on_nonfinite == "raise":
+            raise NonFiniteError(
+                f"step {self.step + 1}: non-finite values ({where}); no update was applied and no "
+                f"checkpoint was written. Lower the learning rate, check the data, or set "
+                f"training.on_nonfinite=skip_batch to skip such steps."
+            )
+        self.skipped_steps += 1
+        self.logger.write(f"step {self.step + 1}: skipped non-finite update ({where})")
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        state = {
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "loss_fn": ckpt.plain_state(self.loss_fn),
+            "extra": self.extra_state(),
+            "config": self.config.model_dump(mode="json"),
+        }
+        return ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.tokenizer, state,
+                                    self.config.training.keep_last)
+
+    def _restore(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        ckpt.set_rng_state(state["rng"])
+        ckpt.restore_plain_state(self.loss_fn, state["loss_fn"])
+        self.load_extra_state(state["extra"])
+        self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)

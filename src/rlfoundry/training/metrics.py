@@ -1,0 +1,50 @@
+"""Collect per-micro-batch metrics as tensors; reduce them to floats once per step."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> 'a/b' keys; keeps numbers and 0-dim tensors, drops everything else."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "/"))
+        elif isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[key] = v.detach().reshape(())
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = v
+    return out
+
+
+class WeightedMean:
+    """Weighted mean of metric dicts over micro-batches (weights = share of the global count)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, Any] = {}
+        self._weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, Any], weight: float) -> None:
+        for k, v in flatten(metrics).items():
+            v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+            self._sums[k] = self._sums.get(k, 0.0) + v * weight
+            self._weights[k] = self._weights.get(k, 0.0) + weight
+
+    def result(self) -> dict[str, float]:
+        """One host transfer for all tensor metrics."""
+        keys = list(self._sums)
+        tensors = [k for k in keys if isinstance(self._sums[k], torch.Tensor)]
+        values = {k: float(self._sums[k]) for k in keys if k not in tensors}
+        if tensors:
+            stacked = torch.stack([self._sums[k].detach() for k in tensors]).tolist()
+            values.update(zip(tensors, stacked))
+        return {k: values[k] / self._weights[k] if self._weights[k] else values[k] for k in keys}
+
+
+def nonfinite_keys(metrics: dict[str, float]) -> list[str]:
+    return [k for k, v in metrics.items() if not math.isfinite(v)]

@@ -1,0 +1,42 @@
+"""AdamW and the learning-rate schedule (linear warmup, then constant/linear/cosine decay)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlfoundry.config.schema import TrainingConfig
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; no weight decay on biases and norm weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
+                             betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
+    """Factor applied to the peak learning rate before optimizer step ``step`` (0-based)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    if kind == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, cfg: TrainingConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_multiplier(step, total_steps, cfg.warmup_steps, cfg.lr_scheduler),
+    )
