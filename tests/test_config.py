@@ -98,3 +98,13 @@ def test_plugin_registers_loss_by_name(tmp_path):
     assert cfg.algorithm.loss["type"] == "plugin_test_dpo"
     with pytest.raises(ConfigError, match="plugins: file"):
         load_config({"plugins": [str(tmp_path / "missing.py")]})
+
+
+def test_configuration_reference_is_up_to_date():
+    from pathlib import Path
+
+    from rlfoundry.config.reference import render_document
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == render_document(), (
+        "docs/configuration.md is stale: run `python -m rlfoundry.config.reference > docs/configuration.md`")

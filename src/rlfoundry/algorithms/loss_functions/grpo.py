@@ -499,7 +499,7 @@ class GRPOLossFn:
 
 
 _VARIANT_DOCS = {
-    "bnpo": "BNPO: clipped policy gradient averaged over the batch's valid tokens (Xiao et al. 2025).",
+    "bnpo": "BNPO: clipped policy gradient averaged over the valid tokens of the batch.",
     "dapo": "DAPO: token-level averaged clipped policy gradient (Yu et al. 2025).",
     "dr_grpo": "Dr.GRPO: token sums over a constant length, no length bias (Liu et al. 2025).",
     "gspo": "GSPO: sequence-level importance ratio and clipping (Zheng et al. 2025).",

@@ -1,0 +1,59 @@
+"""Render the configuration reference (docs/configuration.md) from the schema itself.
+
+``python -m rlfoundry.config.reference > docs/configuration.md``; a test fails when the
+checked-in file and the schema disagree.
+"""
+
+from __future__ import annotations
+
+import typing
+
+from pydantic import BaseModel
+
+from rlfoundry.config.schema import RunConfig
+
+HEADER = """# Configuration reference
+
+Generated from `rlfoundry/config/schema.py` by `python -m rlfoundry.config.reference`; do not
+edit by hand. Unknown keys are errors. Any key can be overridden on the command line as
+`section.key=value`. Loss options (`algorithm.loss.*`) are documented with each loss class
+(`rlfoundry list` names them).
+"""
+
+
+def _type_name(annotation) -> str:
+    text = str(annotation).replace("typing.", "")
+    return text.replace("<class '", "").replace("'>", "").replace("|", "\\|")
+
+
+def _sub_model(annotation):
+    for cand in (annotation, *typing.get_args(annotation)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def render(model: type[BaseModel] = RunConfig, prefix: str = "") -> str:
+    rows, sections = [], []
+    for name, field in model.model_fields.items():
+        sub = _sub_model(field.annotation)
+        if sub is not None:
+            sections.append(render(sub, f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        doc = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{prefix}{name}` | `{_type_name(field.annotation)}` | `{default!r}` | {doc} |")
+    out = ""
+    if rows:
+        title = prefix.rstrip(".") or "top level"
+        out += f"\n## `{title}`\n\n| key | type | default | meaning |\n|---|---|---|---|\n"
+        out += "\n".join(rows) + "\n"
+    return out + "".join(sections)
+
+
+def render_document() -> str:
+    return HEADER + render()
+
+
+if __name__ == "__main__":
+    print(render_document(), end="")
