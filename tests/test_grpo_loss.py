@@ -104,7 +104,9 @@ def ref_loss(loss_type: str, d: dict, o: dict) -> dict[str, float]:
     frac_how = "token" if loss_type in TOKEN_TYPES else "sequence"
     out.update({k: reduce([f[k] for f in seq_fracs], frac_how) for k in frac_names})
     out["loss"] = (
-        out["policy_loss"] + beta * out["kl"] - ent_coef * out["entropy"]
+        out["policy_loss"]
+        + beta * out["kl"]
+        - ent_coef * out["entropy"]
         + v_coef * out["value_loss"]
     )
     if "ref" not in d:
@@ -141,7 +143,9 @@ def make_data(seed: int, *, B: int = 6, T: int = 7, token_adv: bool = False, val
         "ent": [[abs(g()) for _ in range(T)] for _ in range(B)],
         "samp": [[x + g(0.5) for x in row] for row in old],
         "truncated": [i % 3 == 0 for i in range(B)],
-        "adv": [[g() for _ in range(T)] for _ in range(B)] if token_adv else [g() for _ in range(B)],
+        "adv": [[g() for _ in range(T)] for _ in range(B)]
+        if token_adv
+        else [g() for _ in range(B)],
         "returns": [g() for _ in range(B)],
     }
     if values == "seq":
@@ -281,31 +285,32 @@ def test_kl_metric_without_penalty_and_reference_requirement():
 
 
 def _grad_inputs(seed: int, loss_type: str):
+    """float64 inputs whose ratios (per token, or per sequence for gspo) sit clearly inside or
+    outside [0.8, 1.2], never on a clip boundary."""
     rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
     B, T = 4, 5
-    lengths = [5, 3, 4, 2]
-    mask = torch.tensor([[t < n for t in range(T)] for n in lengths])
-    logp = torch.tensor([[-0.3 - rng.random() for _ in range(T)] for _ in range(B)])
+    mask = torch.tensor([[t < n for t in range(T)] for n in (5, 3, 4, 2)])
+    logp = torch.tensor([[-0.3 - rng.random() for _ in range(T)] for _ in range(B)], dtype=f64)
     if loss_type == "gspo":
-        # sequence log-ratio = offset exactly (noise with zero mean over valid tokens)
-        offsets = [0.5, -0.5, 0.08, 0.6]
-        noise = torch.randn(B, T, generator=torch.Generator().manual_seed(seed)) * 0.2
-        noise = torch.where(mask, noise, 0.0)
-        noise = noise - noise.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True) * mask
-        old = logp - torch.tensor(offsets)[:, None] - noise
-        adv = torch.tensor([1.0, -0.7, 0.4, -1.2])
+        # per-sequence log-ratio = offset exactly (the noise has zero mean over valid tokens)
+        noise = torch.where(mask, torch.randn(B, T, generator=gen, dtype=f64) * 0.2, 0.0)
+        noise = (noise - noise.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)) * mask
+        old = logp - torch.tensor([0.5, -0.5, 0.08, 0.6], dtype=f64)[:, None] - noise
+        adv = torch.tensor([1.0, -0.7, 0.4, -1.2], dtype=f64)
     else:
-        choices = [-0.6, -0.4, -0.1, 0.05, 0.1, 0.3, 0.5]  # ratio clips at 0.8 / 1.2 for some
-        old = logp - torch.tensor([[rng.choice(choices) for _ in range(T)] for _ in range(B)])
-        adv = torch.tensor([0.9, -1.1, 0.5, -0.3])
-    ref = logp + torch.randn(B, T, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64).float()
+        choices = [-0.6, -0.4, -0.1, 0.05, 0.1, 0.3, 0.5]
+        log_ratio = [[rng.choice(choices) for _ in range(T)] for _ in range(B)]
+        old = logp - torch.tensor(log_ratio, dtype=f64)
+        adv = torch.tensor([0.9, -1.1, 0.5, -0.3], dtype=f64)
     batch = {
         "response_mask": mask,
-        "advantages": adv.double(),
-        "old_logprobs": old.double(),
-        "reference_logprobs": ref.double(),
+        "advantages": adv,
+        "old_logprobs": old,
+        "reference_logprobs": logp + torch.randn(B, T, generator=gen, dtype=f64),
     }
-    return batch, logp.double()
+    return batch, logp
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "gspo"])
@@ -437,7 +442,10 @@ def test_missing_inputs_name_the_key():
 @pytest.mark.parametrize(
     "cfg, pattern",
     [
-        ({"clip_ratio_hihg": 0.3}, r"algorithm\.loss\.clip_ratio_hihg: unknown key \(did you mean 'clip_ratio_high'\?\)"),
+        (
+            {"clip_ratio_hihg": 0.3},
+            r"algorithm\.loss\.clip_ratio_hihg: unknown key \(did you mean 'clip_ratio_high'\?\)",
+        ),
         ({"loss_type": "dapoo"}, r"algorithm\.loss\.loss_type: .*did you mean 'dapo'"),
         ({"kl_estimator": "k5"}, r"algorithm\.loss\.kl_estimator: .*choose one of: k1, k2, k3"),
         ({"loss_type": "dr_grpo"}, r"algorithm\.loss\.max_completion_length: required"),

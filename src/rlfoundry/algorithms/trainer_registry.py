@@ -10,3 +10,5 @@ TRAINERS: Registry[type] = Registry("algorithm")
 def load_builtin_trainers() -> None:
     """Import the built-in trainer modules so they register themselves."""
     import rlfoundry.algorithms.dpo  # noqa: F401
+    import rlfoundry.algorithms.grpo  # noqa: F401
+    import rlfoundry.algorithms.sft  # noqa: F401

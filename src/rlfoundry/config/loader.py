@@ -132,7 +132,7 @@ def finalize(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"algorithm.name: {e}") from None
     kind = getattr(trainer_cls, "kind", None)
     if kind != "grpo":
-        used = [f for f in GRPO_ONLY_FIELDS if getattr(algo, f) is not None]
+        used = [f for f in GRPO_ONLY_FIELDS if f in algo.model_fields_set]
         if used:
             raise ConfigError(
                 f"algorithm.{used[0]} is a GRPO option, but algorithm '{algo.name}' is a "

@@ -45,6 +45,9 @@ class DataConfig(Section):
     )
     train_size: int = Field(512, gt=0, description="Rows generated for a built-in train set.")
     eval_size: int = Field(128, gt=0, description="Rows generated for a built-in eval set.")
+    builtin_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of a built-in generator, e.g. {max_value: 29} "
+        "for builtin:addition.")
     max_length: int = Field(256, gt=1, description="Longest prompt+response in tokens.")
     max_prompt_length: int | None = Field(
         None, gt=0, description="Longest prompt in tokens (default: no separate limit)."
@@ -117,6 +120,35 @@ class GroupingConfig(Section):
     min_group_size: int = Field(2, gt=0, description="Groups smaller than this are dropped.")
 
 
+class SamplingConfig(Section):
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy). "
+                               "Training log-probs are computed at the same temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens (0 = off).")
+    max_new_tokens: int = Field(64, gt=0, description="Completion length limit (max_completion_length).")
+    stop_strings: list[str] = Field(default_factory=list, description="Stop when one appears.")
+
+
+class RewardSpec(Section):
+    name: str = Field(..., description="Registered reward ('math_accuracy', 'format', ...) or "
+                      "an import path 'my_module:my_reward'.")
+    weight: float = Field(1.0, description="Weight in the total reward.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the function.")
+
+
+class AdvantageConfig(Section):
+    estimator: str = Field("grpo", description="Registered estimator: 'grpo', 'rloo', 'dr_grpo', ...")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="grpo: divide by the group std, the batch std, or nothing (Dr.GRPO).")
+    clip: float | None = Field(None, gt=0, description="Clip advantages to [-clip, clip].")
+
+
+class DynamicSamplingConfig(Section):
+    enabled: bool = Field(False, description="DAPO dynamic sampling: drop groups whose rewards "
+                          "are all equal and sample more prompts to refill the batch.")
+    max_rounds: int = Field(3, gt=0, description="Extra sampling rounds per step at most.")
+
+
 class AlgorithmConfig(Section):
     name: str = Field("dpo", description="Registered trainer: 'dpo', 'grpo', 'sft', or a custom one.")
     beta: float | None = Field(
@@ -133,16 +165,29 @@ class AlgorithmConfig(Section):
     max_grad_norm: float | None = Field(None, gt=0, description="Alias of training.max_grad_norm.")
     warmup_steps: int | None = Field(None, ge=0, description="Alias of training.warmup_steps.")
     # GRPO options (rejected for DPO/SFT trainers at load time).
-    group_size: int | None = Field(None, gt=1, description="GRPO: completions sampled per prompt.")
+    group_size: int | None = Field(None, gt=1, description="GRPO: completions sampled per prompt "
+                                   "(alias: num_generations). Default 4.")
+    num_generations: int | None = Field(None, gt=1, description="GRPO: alias of group_size.")
+    num_iterations: int = Field(1, gt=0, description="GRPO: policy updates (mu) per rollout batch; "
+                                "with 1 the old-log-prob forward is skipped.")
+    rewards: list[RewardSpec] = Field(default_factory=list, description="GRPO: reward functions.")
+    reward_error: Literal["raise", "zero", "skip"] = Field(
+        "raise", description="GRPO: a reward function that raises: stop with an error naming the "
+        "function and sample, give 0, or give no reward (None).")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="GRPO: rollouts.")
+    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig, description="GRPO: advantages.")
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig,
+                                                    description="GRPO: DAPO dynamic sampling.")
     group_strategy: str | None = Field(None, description="GRPO: registered grouping strategy.")
-    grouping: GroupingConfig | None = Field(None, description="GRPO: grouping options.")
+    grouping: GroupingConfig = Field(default_factory=GroupingConfig, description="GRPO: grouping options.")
     clip_ratio: float | None = Field(None, gt=0, description="GRPO: PPO clip range.")
     value_loss_coef: float | None = Field(None, ge=0, description="GRPO: value-head loss weight.")
     entropy_coef: float | None = Field(None, description="GRPO: entropy bonus weight.")
 
 
-GRPO_ONLY_FIELDS = ("group_size", "group_strategy", "grouping", "clip_ratio", "value_loss_coef",
-                    "entropy_coef")
+GRPO_ONLY_FIELDS = ("group_size", "num_generations", "num_iterations", "rewards", "reward_error",
+                    "sampling", "advantage", "dynamic_sampling", "group_strategy", "grouping",
+                    "clip_ratio", "value_loss_coef", "entropy_coef")
 TRAINING_ALIASES = ("learning_rate", "max_grad_norm", "warmup_steps")
 
 

@@ -21,8 +21,8 @@ def load_dataset_spec(data: DataConfig, split: str, cls):
 
         size = data.train_size if split == "train" else data.eval_size
         try:
-            rows = builtin_dataset(spec[len(BUILTIN):], split, size, seed=0)
-        except (KeyError, ValueError) as e:
+            rows = builtin_dataset(spec[len(BUILTIN):], split, size, seed=0, **data.builtin_options)
+        except (KeyError, ValueError, TypeError) as e:
             raise ConfigError(f"{key}: {e}") from None
         return cls.from_rows(rows)
     return cls.from_rows(spec)

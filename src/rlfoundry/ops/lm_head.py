@@ -21,9 +21,11 @@ DEFAULT_CHUNK = 1024
 
 
 def _chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-           targets: torch.Tensor, with_entropy: bool):
+           targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0):
     logits = F.linear(hidden, weight, bias)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if temperature != 1.0:
+        logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
     if not with_entropy:
@@ -35,13 +37,15 @@ def _chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def gather_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     targets: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK,
-                    with_entropy: bool = False):
-    """log p(target | hidden) for N positions: hidden [N, H], targets [N] -> ([N], entropy [N] | None)."""
+                    with_entropy: bool = False, temperature: float = 1.0):
+    """log p(target | hidden) for N positions: hidden [N, H], targets [N] -> ([N], entropy [N] | None).
+
+    ``temperature`` divides the logits first (GRPO scores tokens at the sampling temperature)."""
     logps, ents = [], []
     grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     for start in range(0, hidden.shape[0], chunk_size):
         args = (hidden[start:start + chunk_size], weight, bias, targets[start:start + chunk_size],
-                with_entropy)
+                with_entropy, temperature)
         lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
         logps.append(lp)
         ents.append(ent)
@@ -79,7 +83,8 @@ def _uses_plain_lm_head(model) -> bool:
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    loss_mask: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK,
-                   with_entropy: bool = False, return_hidden: bool = False) -> TokenLogprobs:
+                   with_entropy: bool = False, return_hidden: bool = False,
+                   temperature: float = 1.0) -> TokenLogprobs:
     """Log-probs of ``input_ids[:, 1:]`` where ``loss_mask[:, 1:]`` is set, in one forward.
 
     Only the masked positions go through the lm-head (no [B, T, V] tensor), unless the model
@@ -92,7 +97,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         hidden = out.last_hidden_state
         head = model.get_output_embeddings()
         lp, ent = gather_logprobs(hidden[:, :-1][mask], head.weight, head.bias, labels[mask],
-                                  chunk_size=chunk_size, with_entropy=with_entropy)
+                                  chunk_size=chunk_size, with_entropy=with_entropy,
+                                  temperature=temperature)
         dense = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device).masked_scatter(mask, lp)
         dense_ent = None
         if ent is not None:
@@ -101,7 +107,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 output_hidden_states=return_hidden)
     logits = out.logits[:, :-1]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     lp = logprobs_from_logits(logits, labels) * mask
     ent = None
     if with_entropy:

@@ -103,6 +103,14 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         return {}
 
+    def next_batch(self) -> list[int]:
+        """Indices of the examples for the next optimizer step."""
+        return self.sampler.next_batch()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer updates and clipping measures (the model, plus any heads)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
     def extra_state(self) -> dict[str, Any]:
         """Algorithm state to checkpoint besides model/optimizer/RNG/data position."""
         return {}
@@ -117,7 +125,7 @@ class Trainer:
         num_examples = self.setup_data(dataset, eval_dataset)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * num_examples / cfg.batch_size))
         self.sampler = EpochSampler(num_examples, cfg.batch_size, cfg.seed)
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(self.trainable_parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
         if resume_from is not None:
@@ -131,7 +139,7 @@ class Trainer:
             if cfg.eval_every and self.step == 0:
                 self.initial_eval = self._log_eval()
             while self.step < self.total_steps:
-                metrics = self.optimizer_step(self.sampler.next_batch())
+                metrics = self.optimizer_step(self.next_batch())
                 self.step += 1
                 self.logger.log(self.step, metrics)
                 last = self.step == self.total_steps
@@ -169,7 +177,7 @@ class Trainer:
             losses.append(loss.detach())
             per_batch.append(metrics)
             acc.add({**metrics, "loss": loss.detach()}, weight)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.trainable_parameters()
         max_norm = self.config.training.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         acc.add({"grad_norm": grad_norm}, 1.0)

@@ -2,6 +2,7 @@
 
 from rlfoundry.algorithms.loss_functions.dpo import DPO_LOSS_TYPES, DPOLossConfig, DPOLossFn
 from rlfoundry.algorithms.loss_functions.grpo import GRPO_LOSS_TYPES, GRPOLossConfig, GRPOLossFn
+from rlfoundry.algorithms.loss_functions.nll import NLLLossFn
 from rlfoundry.algorithms.loss_functions.registry import LossFunctionRegistry
 
 __all__ = [

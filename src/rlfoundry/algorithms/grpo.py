@@ -1,0 +1,432 @@
+"""GRPO: prompts -> rollouts -> rewards -> groups -> advantages -> clipped policy updates.
+
+One rollout batch feeds ``num_iterations`` (mu) optimizer steps. Override points, so the
+seed's ``CustomGRPOTrainer`` / ``DialogueGRPOTrainer`` patterns work by subclassing:
+
+- ``form_groups(batch_size, group_size, **context)`` -> list of index tensors (default: the
+  configured grouping strategy; context has prompt_index, rewards, step, total_steps, ...);
+- ``compute_advantages(rewards, groups)`` -> advantages ``[N]``;
+- ``compute_loss(batch, model_outputs)`` -> ``(loss, metrics)`` (default: the configured loss);
+- ``train_step(batch)`` -> loss or ``(loss, metrics)``; ``batch`` holds the tensors plus the
+  seed's names: ``policy_logps``, ``old_policy_logps``, ``advantages``, ``returns``,
+  ``value_preds`` (with a value head), ``responses`` (completion texts) and ``prompts``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from rlfoundry.algorithms.advantages import compute_advantages
+from rlfoundry.algorithms.grouping import GROUPINGS, GroupingContext
+from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
+from rlfoundry.algorithms.reference import frozen_copy
+from rlfoundry.algorithms.trainer_registry import TRAINERS
+from rlfoundry.config import RunConfig
+from rlfoundry.data import PreferenceDataset, PromptDataset
+from rlfoundry.data.prompts import render_prompt
+from rlfoundry.data.sources import load_dataset_spec
+from rlfoundry.errors import ConfigError, DataError
+from rlfoundry.ops.lm_head import token_logprobs
+from rlfoundry.rewards import compute_rewards, resolve_reward
+from rlfoundry.rollout import HFSampler, Rollout, SamplingParams
+from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
+
+DEFAULT_GROUP_SIZE = 4
+DEFAULT_REWARDS = {"addition": [{"name": "math_accuracy"}]}
+LOSS_KEYS_AT_ALGORITHM_LEVEL = ("clip_ratio", "entropy_coef", "value_loss_coef")
+
+
+def _nanmean(x: torch.Tensor) -> torch.Tensor:
+    return x.nanmean() if (~torch.isnan(x)).any() else x.new_tensor(0.0)
+
+
+@TRAINERS.register("grpo")
+class GRPOTrainer(Trainer):
+    """Group Relative Policy Optimization and its variants (DAPO, Dr.GRPO, GSPO, RLOO, ...)."""
+
+    kind = "grpo"
+    default_loss_type = "grpo"
+
+    @classmethod
+    def validate_config(cls, cfg: RunConfig) -> None:
+        algo = cfg.algorithm
+        if algo.group_size and algo.num_generations and algo.group_size != algo.num_generations:
+            raise ConfigError(f"algorithm.group_size={algo.group_size} and algorithm.num_generations="
+                              f"{algo.num_generations} disagree; keep one")
+        loss = dict(algo.loss)
+        for key in LOSS_KEYS_AT_ALGORITHM_LEVEL:  # the seed writes these under algorithm:
+            value = getattr(algo, key)
+            if value is None:
+                continue
+            if key in loss and loss[key] != value:
+                raise ConfigError(f"algorithm.{key}={value} and algorithm.loss.{key}={loss[key]} disagree")
+            loss[key] = value
+        loss.setdefault("max_completion_length", algo.sampling.max_new_tokens)
+        algo.loss = loss
+        LossFunctionRegistry.build(loss)
+        if not algo.rewards:
+            name = cfg.data.train[len("builtin:"):] if isinstance(cfg.data.train, str) else ""
+            if name not in DEFAULT_REWARDS:
+                raise ConfigError("algorithm.rewards: GRPO needs at least one reward function, e.g. "
+                                  "rewards: [{name: math_accuracy}] (see `rlfoundry list`)")
+            algo.rewards = DEFAULT_REWARDS[name]
+        for i, spec in enumerate(algo.rewards):
+            try:
+                resolve_reward(spec.name, spec.args)
+            except ConfigError as e:
+                raise ConfigError(f"algorithm.rewards[{i}]: {e}") from None
+        try:
+            GROUPINGS.get(algo.group_strategy or "by_prompt")
+        except ConfigError as e:
+            raise ConfigError(f"algorithm.group_strategy: {e}") from None
+        g = algo.group_size or algo.num_generations or DEFAULT_GROUP_SIZE
+        samples = cfg.training.batch_size * g
+        micro = cfg.training.micro_batch_size
+        if micro and samples % micro:
+            raise ConfigError(f"training.micro_batch_size ({micro}) must divide the samples per step: "
+                              f"training.batch_size ({cfg.training.batch_size}) x group size ({g})")
+
+    def __init__(self, model=None, tokenizer=None, config=None, *, loss_fn=None,
+                 reward_fns=None, rollout_backend=None):
+        super().__init__(model, tokenizer, config, loss_fn=loss_fn)
+        algo = self.config.algorithm
+        self.group_size = algo.group_size or algo.num_generations or DEFAULT_GROUP_SIZE
+        self.num_iterations = algo.num_iterations
+        s = algo.sampling
+        self.sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, list(s.stop_strings))
+        self.reward_fns = self._reward_functions(reward_fns)
+        self.grouping = GROUPINGS.get(algo.group_strategy or "by_prompt")
+        self.rollout = rollout_backend or HFSampler(self.model, self.tokenizer)
+        self.sampling_generator = torch.Generator(self.device).manual_seed(self.config.training.seed)
+        self.ref_model = frozen_copy(self.model) if getattr(self.loss_fn, "requires_reference", False) else None
+        self.value_head = None
+        if self.loss_fn.cfg.get("value_loss_coef", 0.0) > 0:
+            hidden = self.model.config.hidden_size
+            self.value_head = torch.nn.Linear(hidden, 1).to(self.device, next(self.model.parameters()).dtype)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+        self.buffer: dict[str, Any] | None = None
+        self.iteration = 0
+        self.rollout_metrics: dict[str, Any] = {}
+
+    def _reward_functions(self, given) -> list[tuple[str, Any, float]]:
+        if given is not None:
+            out = []
+            for item in given:
+                if isinstance(item, tuple):
+                    out.append(item if len(item) == 3 else (*item, 1.0))
+                else:
+                    out.append((getattr(item, "__name__", "reward"), item, 1.0))
+            return out
+        return [(spec.name, resolve_reward(spec.name, spec.args), spec.weight)
+                for spec in self.config.algorithm.rewards]
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = super().trainable_parameters()
+        return params + (list(self.value_head.parameters()) if self.value_head is not None else [])
+
+    # ---- data ----------------------------------------------------------------------------
+    def setup_data(self, dataset=None, eval_dataset=None) -> int:
+        data = self.config.data
+        self.train_set = _as_prompt_dataset(dataset, data, "train")
+        builtin = isinstance(data.train, str) and data.train.startswith("builtin:")
+        self.eval_set = (_as_prompt_dataset(eval_dataset, data, "eval")
+                         if eval_dataset is not None or data.eval is not None or builtin else None)
+        limit = data.max_prompt_length
+        self.train_prompts = self.train_set.tokenize(self.tokenizer, max_prompt_length=limit)
+        self.eval_prompts = self.eval_set.tokenize(self.tokenizer, max_prompt_length=limit) if self.eval_set else []
+        return len(self.train_prompts)
+
+    # ---- hooks ---------------------------------------------------------------------------
+    def form_groups(self, batch_size: int, group_size: int | None = None, **context) -> list[torch.Tensor]:
+        """Groups of sample indices for this rollout (the configured grouping strategy)."""
+        ctx = GroupingContext(num_samples=batch_size, group_size=group_size or self.group_size,
+                              options=self.config.algorithm.grouping.model_dump(),
+                              generator=self.sampling_generator if self.device.type == "cpu" else None,
+                              **context)
+        return self.grouping(ctx)
+
+    def compute_advantages(self, rewards: torch.Tensor, groups: list[torch.Tensor]):
+        """Advantages ``[N]`` (and group statistics) from the configured estimator."""
+        adv = self.config.algorithm.advantage
+        options = {"scale_rewards": adv.scale_rewards} if adv.estimator == "grpo" else {}
+        return compute_advantages(adv.estimator, rewards, groups, clip=adv.clip, **options)
+
+    def compute_loss(self, batch: dict[str, Any], model_outputs: dict[str, torch.Tensor]):
+        return self.loss_fn(batch, model_outputs)
+
+    def train_step(self, batch: dict[str, Any]):
+        outputs = {"logprobs": batch["policy_logps"]}
+        if batch.get("entropy") is not None:
+            outputs["entropy"] = batch["entropy"]
+        if batch.get("value_preds") is not None:
+            outputs["values"] = batch["value_preds"]
+        return self.compute_loss(batch, outputs)
+
+    # ---- rollouts ------------------------------------------------------------------------
+    def next_batch(self) -> list[int]:
+        if self.buffer is None or self.iteration >= self.num_iterations:
+            self.buffer, self.rollout_metrics = self.make_rollout(self.sampler.next_batch())
+            self.iteration = 0
+        self.iteration += 1
+        return list(range(self.buffer["input_ids"].shape[0]))
+
+    def _sample_round(self, prompt_indices: list[int]) -> dict[str, Any]:
+        """Sample, score, group and compute advantages for one set of prompts."""
+        rollout: Rollout = self.rollout.generate([self.train_prompts[i] for i in prompt_indices],
+                                                 self.group_size, self.sampling, self.sampling_generator)
+        examples = [self.train_set[prompt_indices[p]] for p in rollout.prompt_index]
+        prompts = [render_prompt(self.tokenizer, ex.prompt) for ex in examples]
+        responses = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        keys = dict.fromkeys(k for ex in examples for k in ex.extras)
+        columns = {k: [ex.extras.get(k) for ex in examples] for k in keys}
+        columns["completion_lengths"] = [len(c) for c in rollout.completion_ids]
+        result = compute_rewards(self.reward_fns, prompts, responses, columns,
+                                 on_error=self.config.algorithm.reward_error,
+                                 sample_ids=[f"{ex.location}#{i % self.group_size}" for i, ex in enumerate(examples)])
+        rewards = result.total
+        n = len(responses)
+        embeddings = self.embed(rollout) if getattr(self.grouping, "needs_embeddings", False) else None
+        groups = call_with_accepted(
+            self.form_groups, n, self.group_size,
+            prompt_index=torch.tensor(rollout.prompt_index), rewards=rewards, step=self.step,
+            total_steps=self.total_steps, columns=columns, embeddings=embeddings)
+        groups = [torch.as_tensor(g, dtype=torch.long) for g in groups if len(g) > 0]
+        advantages, stats = as_advantages(self.compute_advantages(rewards, groups))
+        return dict(rollout=rollout, prompts=prompts, responses=responses, rewards=rewards,
+                    per_function=result.per_function, groups=groups, advantages=advantages,
+                    stats=stats, columns=columns)
+
+    @torch.no_grad()
+    def embed(self, rollout: Rollout) -> torch.Tensor:
+        """Mean-pooled last hidden states of each sample's completion tokens ``[N, H]``."""
+        seqs = [p + c for p, c in zip(rollout.prompt_ids, rollout.completion_ids)]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        comp = torch.zeros_like(ids)
+        for k, (s, p) in enumerate(zip(seqs, rollout.prompt_ids)):
+            ids[k, : len(s)] = torch.tensor(s)
+            attn[k, : len(s)] = 1
+            comp[k, len(p): len(s)] = 1
+        was_training = self.model.training
+        self.model.eval()
+        hidden = self.model.base_model(input_ids=ids.to(self.device),
+                                       attention_mask=attn.to(self.device)).last_hidden_state
+        self.model.train(was_training)
+        w = comp.to(hidden.device, hidden.dtype).unsqueeze(-1)
+        return ((hidden * w).sum(1) / w.sum(1).clamp(min=1)).float().cpu()
+
+    def make_rollout(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One training batch of samples (DAPO dynamic sampling refills dropped groups)."""
+        dyn = self.config.algorithm.dynamic_sampling
+        rounds = [self._sample_round(prompt_indices)]
+        if dyn.enabled:
+            kept = sum(len(_varied(r)) for r in rounds)
+            while kept < len(prompt_indices) and len(rounds) <= dyn.max_rounds:
+                rounds.append(self._sample_round(self.sampler.next_batch()))
+                kept += len(_varied(rounds[-1]))
+        first = rounds[0]
+        metrics = self._rollout_metrics(first)
+        samples: list[tuple[dict, int]] = []  # (round, sample index) of every trained sample
+        for r in rounds:
+            groups = _varied(r) if dyn.enabled else r["groups"]
+            for g in groups:
+                samples.extend((r, int(i)) for i in g if not math.isnan(float(r["rewards"][i])))
+        if dyn.enabled:
+            samples = samples[: len(prompt_indices) * self.group_size]
+            metrics["dynamic_sampling_rounds"] = len(rounds)
+        if not samples:
+            raise DataError(f"step {self.step + 1}: no sample has a reward inside a group; "
+                            "nothing to train on (check the reward functions and grouping)")
+        return self._to_buffer(samples), metrics
+
+    def _rollout_metrics(self, r: dict[str, Any]) -> dict[str, Any]:
+        ro: Rollout = r["rollout"]
+        lengths = torch.tensor([len(c) for c in ro.completion_ids], dtype=torch.float64)
+        metrics = {
+            "reward_mean": _nanmean(r["rewards"]),
+            "reward_std": r["rewards"][~torch.isnan(r["rewards"])].std() if (~torch.isnan(r["rewards"])).sum() > 1 else 0.0,
+            **{f"reward/{k}": _nanmean(v) for k, v in r["per_function"].items()},
+            **r["stats"],
+            "completion_length_mean": lengths.mean(),
+            "completion_length_max": lengths.max(),
+            "truncated_frac": sum(ro.truncated) / len(ro.truncated),
+            "generation_tokens_per_s": ro.num_tokens / max(ro.seconds, 1e-9),
+        }
+        return metrics
+
+    @torch.no_grad()
+    def _to_buffer(self, samples: list[tuple[dict, int]]) -> dict[str, Any]:
+        """Right-padded tensors for the trained samples, plus old/reference log-probs."""
+        seqs, starts, sampling = [], [], []
+        for r, i in samples:
+            ro = r["rollout"]
+            seqs.append(ro.prompt_ids[i] + ro.completion_ids[i])
+            starts.append(len(ro.prompt_ids[i]))
+            sampling.append(ro.sampling_logprobs[i])
+        n, width = len(seqs), max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((n, width), pad, dtype=torch.long)
+        attention = torch.zeros((n, width), dtype=torch.long)
+        loss_mask = torch.zeros((n, width), dtype=torch.long)
+        sampling_lp = torch.zeros((n, width - 1), dtype=torch.float32)
+        for k, (seq, start, lp) in enumerate(zip(seqs, starts, sampling)):
+            input_ids[k, : len(seq)] = torch.tensor(seq)
+            attention[k, : len(seq)] = 1
+            loss_mask[k, start: len(seq)] = 1
+            sampling_lp[k, start - 1: len(seq) - 1] = torch.tensor(lp)
+        buffer = {
+            "input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask,
+            "sampling_logprobs": sampling_lp,
+            "advantages": torch.stack([r["advantages"][i] for r, i in samples]).float(),
+            "returns": torch.stack([r["rewards"][i] for r, i in samples]).float(),
+            "truncated": torch.tensor([r["rollout"].truncated[i] for r, i in samples]),
+            "responses": [r["responses"][i] for r, i in samples],
+            "prompts": [r["prompts"][i] for r, i in samples],
+        }
+        if self.num_iterations > 1:
+            buffer["old_logprobs"] = self._logprobs_of(self.model, buffer)
+        if self.ref_model is not None:
+            buffer["reference_logprobs"] = self._logprobs_of(self.ref_model, buffer)
+        return buffer
+
+    def _logprobs_of(self, model, buffer: dict[str, Any]) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        size = self.config.training.micro_batch_size or buffer["input_ids"].shape[0]
+        parts = []
+        for start in range(0, buffer["input_ids"].shape[0], size):
+            sl = slice(start, start + size)
+            out = token_logprobs(model, buffer["input_ids"][sl].to(self.device),
+                                 buffer["attention_mask"][sl].to(self.device),
+                                 buffer["loss_mask"][sl].to(self.device), temperature=self._temperature)
+            parts.append(out.logprobs.detach().cpu())
+        model.train(was_training)
+        return torch.cat(parts)
+
+    @property
+    def _temperature(self) -> float:
+        return self.sampling.temperature or 1.0
+
+    # ---- one micro-batch -----------------------------------------------------------------
+    def collate(self, indices: list[int]) -> dict[str, Any]:
+        buf = self.buffer
+        idx = torch.tensor(indices)
+        width = int(buf["attention_mask"][idx].sum(-1).max())
+        batch: dict[str, Any] = {}
+        for key, value in buf.items():
+            if isinstance(value, list):
+                batch[key] = [value[i] for i in indices]
+            elif value.dim() == 2:
+                batch[key] = value[idx, : width if value.shape[1] == buf["input_ids"].shape[1] else width - 1]
+            else:
+                batch[key] = value[idx]
+        batch["response_mask"] = batch["loss_mask"][:, 1:].bool()
+        valid = getattr(self.loss_fn, "valid_mask", None)
+        batch["num_sequences"] = len(indices)
+        batch["num_tokens"] = int((valid(batch) if valid else batch["response_mask"]).sum())
+        return batch
+
+    def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        with_entropy = bool(self.loss_fn.cfg.get("entropy_coef", 0.0))
+        out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                             with_entropy=with_entropy, return_hidden=self.value_head is not None,
+                             temperature=self._temperature)
+        batch["policy_logps"] = out.logprobs
+        batch["response_mask"] = out.mask
+        batch["entropy"] = out.entropy
+        batch["old_policy_logps"] = batch.get("old_logprobs")
+        if self.value_head is not None:
+            last = batch["attention_mask"].sum(-1) - 1
+            hidden = out.hidden[torch.arange(len(last), device=last.device), last]
+            batch["value_preds"] = self.value_head(hidden).squeeze(-1).float()
+        loss, metrics = as_loss_and_metrics(self.train_step(batch))
+        return loss, metrics
+
+    def optimizer_step(self, indices: list[int]) -> dict[str, float]:
+        start = time.perf_counter()
+        rollout_metrics, self.rollout_metrics = self.rollout_metrics, {}
+        metrics = super().optimizer_step(indices)
+        tokens = int(self.buffer["loss_mask"].sum())
+        metrics["training_tokens_per_s"] = tokens / max(time.perf_counter() - start, 1e-9)
+        self.rollout.sync_weights(self.model)
+        from rlfoundry.training.metrics import WeightedMean
+
+        acc = WeightedMean()
+        acc.add(rollout_metrics, 1.0)
+        return {**acc.result(), **metrics}
+
+    # ---- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy completions of the held-out prompts: mean reward per function, and exact-match
+        accuracy (math equivalence to the ``answer`` column) where rows have one."""
+        from rlfoundry.rewards import REWARDS
+
+        if not self.eval_prompts:
+            return {}
+        greedy = SamplingParams(0.0, 1.0, 0, self.sampling.max_new_tokens, list(self.sampling.stop_strings))
+        size = self.config.training.batch_size * self.group_size
+        responses = []
+        for start in range(0, len(self.eval_prompts), size):
+            ro = self.rollout.generate(self.eval_prompts[start:start + size], 1, greedy, self.sampling_generator)
+            responses += self.tokenizer.batch_decode(ro.completion_ids, skip_special_tokens=True)
+        examples = list(self.eval_set)
+        prompts = [render_prompt(self.tokenizer, ex.prompt) for ex in examples]
+        keys = dict.fromkeys(k for ex in examples for k in ex.extras)
+        columns = {k: [ex.extras.get(k) for ex in examples] for k in keys}
+        result = compute_rewards(self.reward_fns, prompts, responses, columns, on_error="zero")
+        metrics = {"reward_mean": float(_nanmean(result.total))}
+        metrics.update({f"reward/{k}": float(_nanmean(v)) for k, v in result.per_function.items()})
+        if "answer" in columns:
+            correct = REWARDS.get("math_accuracy")(prompts, responses, answer=columns["answer"])
+            scored = [c for c in correct if c is not None]
+            if scored:
+                metrics["accuracy"] = sum(scored) / len(scored)
+        return metrics
+
+    # ---- state ---------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        return {"buffer": self.buffer, "iteration": self.iteration,
+                "sampling_generator": self.sampling_generator.get_state(),
+                "value_head": self.value_head.state_dict() if self.value_head is not None else None}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.buffer, self.iteration = state["buffer"], state["iteration"]
+        self.sampling_generator.set_state(state["sampling_generator"])
+        if self.value_head is not None and state.get("value_head") is not None:
+            self.value_head.load_state_dict(state["value_head"])
+
+
+def as_advantages(result) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``compute_advantages`` overrides may return a tensor or ``(tensor, stats)``."""
+    if isinstance(result, tuple):
+        return result[0], dict(result[1])
+    return result, {}
+
+
+def _varied(r: dict[str, Any]) -> list[torch.Tensor]:
+    """Groups whose valid rewards are not all equal (DAPO dynamic sampling keeps these)."""
+    out = []
+    for g in r["groups"]:
+        vals = r["rewards"][g]
+        vals = vals[~torch.isnan(vals)]
+        if vals.numel() > 1 and bool((vals != vals[0]).any()):
+            out.append(g)
+    return out
+
+
+def _as_prompt_dataset(dataset, data_cfg, split: str) -> PromptDataset:
+    if isinstance(dataset, PromptDataset):
+        return dataset
+    if isinstance(dataset, PreferenceDataset):  # the seed trains GRPO on a preference set's prompts
+        return PromptDataset(prompts=[ex.prompt for ex in dataset])
+    if dataset is not None:
+        return PromptDataset.from_rows(dataset)
+    return load_dataset_spec(data_cfg, split, PromptDataset)

@@ -1,0 +1,89 @@
+"""Supervised fine-tuning on (prompt, completion) rows: the warm start before GRPO."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlfoundry.algorithms.trainer_registry import TRAINERS
+from rlfoundry.data import PromptDataset
+from rlfoundry.data.prompts import tokenize_prompt
+from rlfoundry.data.sources import load_dataset_spec
+from rlfoundry.errors import DataError
+from rlfoundry.ops.lm_head import token_logprobs
+from rlfoundry.training.base import Trainer, as_loss_and_metrics
+from rlfoundry.training.metrics import WeightedMean
+
+
+@TRAINERS.register("sft")
+class SFTTrainer(Trainer):
+    """Supervised fine-tuning: NLL of the completion given the prompt (rows: prompt, completion)."""
+
+    kind = "sft"
+    default_loss_type = "nll"
+
+    def setup_data(self, dataset=None, eval_dataset=None) -> int:
+        data = self.config.data
+        train = dataset if dataset is not None else load_dataset_spec(data, "train", PromptDataset)
+        builtin = isinstance(data.train, str) and data.train.startswith("builtin:")
+        evals = eval_dataset if eval_dataset is not None else (
+            load_dataset_spec(data, "eval", PromptDataset) if data.eval is not None or builtin else None)
+        self.train_rows = self._tokenize(_as_prompts(train))
+        self.eval_rows = self._tokenize(_as_prompts(evals)) if evals is not None else []
+        return len(self.train_rows)
+
+    def _tokenize(self, dataset: PromptDataset) -> list[tuple[list[int], list[int]]]:
+        limit, eos = self.config.data.max_length, self.tokenizer.eos_token_id
+        rows = []
+        for ex in dataset:
+            completion = ex.extras.get("completion")
+            if not isinstance(completion, str) or not completion:
+                raise DataError(f"{ex.location}: SFT rows need a non-empty string 'completion'")
+            prompt = tokenize_prompt(self.tokenizer, ex, self.config.data.max_prompt_length)
+            target = self.tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+            room = limit - len(target)  # over-long rows: keep the prompt's end, then cut the target
+            prompt = prompt[-max(room, 1):]
+            rows.append((prompt, target[: limit - len(prompt)]))
+        return rows
+
+    def collate(self, indices: list[int], rows=None) -> dict[str, Any]:
+        rows = self.train_rows if rows is None else rows
+        chosen = [rows[i] for i in indices]
+        width = max(len(p) + len(c) for p, c in chosen)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(chosen), width), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        mask = torch.zeros_like(ids)
+        for k, (p, c) in enumerate(chosen):
+            ids[k, : len(p) + len(c)] = torch.tensor(p + c)
+            attn[k, : len(p) + len(c)] = 1
+            mask[k, len(p): len(p) + len(c)] = 1
+        return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask,
+                "num_sequences": len(chosen), "num_tokens": int(mask.sum())}
+
+    def micro_step(self, batch: dict[str, Any]):
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        batch["response_mask"] = out.mask
+        return as_loss_and_metrics(self.loss_fn(batch, {"logprobs": out.logprobs}))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_rows:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        acc, size = WeightedMean(), self.config.training.batch_size
+        batches = [self.collate(list(range(s, min(s + size, len(self.eval_rows)))), self.eval_rows)
+                   for s in range(0, len(self.eval_rows), size)]
+        total = sum(b["num_tokens"] for b in batches)
+        for b in batches:
+            loss, metrics = self.micro_step(b)
+            acc.add({**metrics, "loss": loss}, b["num_tokens"] / total)
+        self.model.train(was_training)
+        return acc.result()
+
+
+def _as_prompts(dataset) -> PromptDataset:
+    return dataset if isinstance(dataset, PromptDataset) else PromptDataset.from_rows(dataset)

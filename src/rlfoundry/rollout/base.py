@@ -1,0 +1,46 @@
+"""The rollout interface: prompts in, sampled completions (with their log-probs) out.
+
+The trainer only talks to a ``RolloutBackend``; the built-in one samples with the policy
+itself (``HFSampler``). An external inference engine plugs in by implementing ``generate``
+(and ``sync_weights`` to receive updated policy weights after each optimizer step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+    max_new_tokens: int = 64
+    stop_strings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Rollout:
+    """``num_samples`` completions per prompt, flattened prompt-major (prompt i -> rows i*G..)."""
+
+    prompt_index: list[int]  # which input prompt each sample continues
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]  # includes the EOS token when one was sampled
+    sampling_logprobs: list[list[float]]  # log-prob of each sampled token under the sampler
+    truncated: list[bool]  # hit max_new_tokens without EOS or a stop string
+    seconds: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c) for c in self.completion_ids)
+
+
+@runtime_checkable
+class RolloutBackend(Protocol):
+    def generate(self, prompts: list[list[int]], num_samples: int, params: SamplingParams,
+                 generator: torch.Generator) -> Rollout: ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None: ...
