@@ -13,4 +13,5 @@ __all__ = [
     "GRPOLossConfig",
     "GRPOLossFn",
     "LossFunctionRegistry",
+    "NLLLossFn",
 ]
