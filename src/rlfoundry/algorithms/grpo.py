@@ -36,7 +36,7 @@ from rlfoundry.rollout import HFSampler, Rollout, SamplingParams
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
 
 DEFAULT_GROUP_SIZE = 4
-DEFAULT_REWARDS = {"addition": [{"name": "math_accuracy"}]}
+DEFAULT_REWARDS = {"addition": [{"name": "math_accuracy"}], "sort": [{"name": "exact_match"}]}
 LOSS_KEYS_AT_ALGORITHM_LEVEL = ("clip_ratio", "entropy_coef", "value_loss_coef")
 
 
@@ -366,7 +366,8 @@ class GRPOTrainer(Trainer):
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Greedy completions of the held-out prompts: mean reward per function, and exact-match
-        accuracy (math equivalence to the ``answer`` column) where rows have one."""
+        accuracy against the ``answer`` column where rows have one (equal strings, or equal
+        numbers by math equivalence)."""
         from rlfoundry.rewards import REWARDS
 
         if not self.eval_prompts:
@@ -385,8 +386,9 @@ class GRPOTrainer(Trainer):
         metrics = {"reward_mean": float(_nanmean(result.total))}
         metrics.update({f"reward/{k}": float(_nanmean(v)) for k, v in result.per_function.items()})
         if "answer" in columns:
-            correct = REWARDS.get("math_accuracy")(prompts, responses, answer=columns["answer"])
-            scored = [c for c in correct if c is not None]
+            math = REWARDS.get("math_accuracy")(prompts, responses, answer=columns["answer"])
+            scored = [float(r.strip() == str(a).strip()) or (m or 0.0)
+                      for r, a, m in zip(responses, columns["answer"], math) if a is not None]
             if scored:
                 metrics["accuracy"] = sum(scored) / len(scored)
         return metrics

@@ -125,11 +125,36 @@ def make_addition_sft(
     return [{"prompt": r["prompt"], "completion": r["answer"]} for r in rows]
 
 
+def make_sort_prompts(
+    n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None
+) -> list[dict[str, Any]]:
+    """``n`` rows ``{"prompt": "sort: q d m a\\n", "answer": "a d m q"}`` (GRPO, exact match);
+    the same problems (and train/eval split) as :func:`make_sort_preferences`."""
+    rows = make_sort_preferences(n, seed, num_letters, split)
+    return [{"prompt": r["prompt"], "answer": r["chosen"]} for r in rows]
+
+
+def make_sort_sft(
+    n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None,
+    noise: float = 0.0,
+) -> list[dict[str, Any]]:
+    """``n`` rows ``{"prompt", "completion"}`` for sorting; a fraction ``noise`` of them has a
+    wrong (unsorted) completion, as imperfect demonstration data that RL can then correct."""
+    if not 0.0 <= noise <= 1.0:
+        raise ConfigError(f"noise must be in [0, 1], got {noise}")
+    rng = random.Random(seed + 7919)
+    rows = make_sort_preferences(n, seed, num_letters, split)
+    return [{"prompt": r["prompt"], "completion": r["rejected"] if rng.random() < noise else r["chosen"]}
+            for r in rows]
+
+
 BUILTIN_DATASETS: dict[str, tuple[Callable[..., list[dict[str, Any]]], str, int]] = {
     # name: (generator, kind, default train size); eval defaults to a tenth of train
     "sort_preferences": (make_sort_preferences, "preference", 2000),
     "addition": (make_addition_prompts, "prompt", 2000),
     "addition_sft": (make_addition_sft, "sft", 2000),
+    "sort": (make_sort_prompts, "prompt", 2000),
+    "sort_sft": (make_sort_sft, "sft", 2000),
 }
 
 
