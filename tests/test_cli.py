@@ -49,3 +49,19 @@ def test_default_demo_learns_preferences(tmp_path, capsys):
     assert (tmp_path / "final" / "config.json").is_file()
     assert list((tmp_path / "tensorboard").iterdir())
     assert "held-out accuracy: 0.500 -> " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sft_then_grpo_from_the_cli_raises_held_out_exact_match(tmp_path, monkeypatch):
+    """Issue acceptance: SFT warm start on a verifiable task, then GRPO from the saved local
+    Hugging Face directory, clearly raises held-out exact-match accuracy."""
+    monkeypatch.chdir(ROOT)
+    sft_dir, grpo_dir = tmp_path / "sft", tmp_path / "grpo"
+    assert main(["train", "examples/configs/sft_max.yaml", f"training.output_dir={sft_dir}",
+                 "logging.progress_bar=false"]) == 0
+    assert main(["train", "examples/configs/grpo_max.yaml", f"training.output_dir={grpo_dir}",
+                 f"model.name_or_path={sft_dir / 'final'}", "logging.progress_bar=false"]) == 0
+    evals = [r for r in records(grpo_dir) if "eval/accuracy" in r]
+    before, after = evals[0]["eval/accuracy"], evals[-1]["eval/accuracy"]
+    assert evals[0]["step"] == 0 and before < 0.5
+    assert after >= before + 0.2, (before, after)

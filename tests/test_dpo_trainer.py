@@ -149,3 +149,37 @@ def test_seed_custom_trainers_work_by_subclassing(tmp_path):
     t = float64_trainer(run_config(tmp_path), cls=CustomDPOTrainer)
     metrics = t.train()
     assert math.isfinite(metrics["loss"]) and "reward_gap" in metrics
+
+
+def test_seed_math_dpo_trainer_reads_extra_columns(tmp_path):
+    import torch.nn.functional as F
+
+    from rlfoundry.data import PreferenceDataset
+
+    class MathDPOTrainer(DPOTrainer):  # the seed's example, import changed only
+        def __init__(self, *args, math_weight=2.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.math_weight = math_weight
+
+        def compute_loss(self, policy_chosen_logps, policy_rejected_logps,
+                         reference_chosen_logps, reference_rejected_logps, math_correctness=None):
+            chosen_rewards = policy_chosen_logps - reference_chosen_logps
+            rejected_rewards = policy_rejected_logps - reference_rejected_logps
+            if math_correctness is not None:
+                chosen_rewards += self.math_weight * math_correctness
+            losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
+            return losses.mean()
+
+        def train_step(self, batch):
+            math_correctness = batch.get("math_correctness", None)
+            return self.compute_loss(batch["policy_chosen_logps"], batch["policy_rejected_logps"],
+                                     batch["reference_chosen_logps"], batch["reference_rejected_logps"],
+                                     math_correctness)
+
+    data = PreferenceDataset(prompts=["1+1=", "2+2="] * 4, chosen_data=["2", "4"] * 4,
+                             rejected_data=["3", "5"] * 4, math_correctness=[1.0, 0.0] * 4)
+    t = MathDPOTrainer(config=run_config(tmp_path, max_steps=1), math_weight=3.0)
+    metrics = t.train(data)
+    # at step 1 policy == reference: loss = mean(-logsigmoid(3 * math_correctness))
+    expected = (-F.logsigmoid(torch.tensor(3.0)) - F.logsigmoid(torch.tensor(0.0))) / 2
+    assert metrics["loss"] == pytest.approx(float(expected), rel=1e-5)

@@ -158,3 +158,41 @@ def test_sft_lowers_completion_nll(tmp_path):
     t = SFTTrainer(config=cfg)
     t.train()
     assert t.last_eval["loss"] < t.initial_eval["loss"] - 2.0
+
+
+def constant_for_odd_answers(prompts, completions, answer, **columns):
+    """Zero-variance groups for odd answers, a dense reward for even ones."""
+    return [0.5 if int(a) % 2 else sum(ch.isdigit() for ch in c) / max(len(c), 1)
+            for c, a in zip(completions, answer)]
+
+
+def test_dynamic_sampling_trains_only_groups_with_reward_variance(tmp_path):
+    algo = {"rewards": [{"name": "tests.test_grpo_trainer:constant_for_odd_answers"}],
+            "dynamic_sampling": {"enabled": True, "max_rounds": 4}}
+    t = trainer64(config(tmp_path, algo, max_steps=1))
+    metrics = t.train()
+    by_prompt = {}
+    for prompt, ret in zip(t.buffer["prompts"], t.buffer["returns"].tolist()):
+        by_prompt.setdefault(prompt, []).append(ret)
+    assert all(len(set(v)) > 1 for v in by_prompt.values())
+    assert len(t.buffer["prompts"]) == 4 * 4  # refilled to batch_size x group_size
+    assert metrics["dynamic_sampling_rounds"] >= 1
+
+
+def test_seed_dialogue_style_train_step_sees_the_seed_batch_names(tmp_path):
+    seen = {}
+
+    class DialogueGRPOTrainer(GRPOTrainer):
+        def train_step(self, batch):  # the seed's names: responses, policy_logps, old_policy_logps, ...
+            seen.update(responses=batch["responses"], returns=batch["returns"])
+            mask = batch["response_mask"].to(batch["policy_logps"].dtype)
+            old = batch["old_policy_logps"] if batch["old_policy_logps"] is not None else batch["policy_logps"].detach()
+            ratio = torch.exp(batch["policy_logps"] - old)
+            per_token = -ratio * batch["advantages"][:, None] * mask
+            return per_token.sum() / mask.sum()
+
+    t = trainer64(config(tmp_path, {"value_loss_coef": 0.1}), cls=DialogueGRPOTrainer)
+    metrics = t.train()
+    assert math.isfinite(metrics["loss"])
+    assert len(seen["responses"]) == 16 and all(isinstance(r, str) for r in seen["responses"])
+    assert seen["returns"].shape == (16,)

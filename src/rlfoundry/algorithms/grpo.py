@@ -36,7 +36,8 @@ from rlfoundry.rollout import HFSampler, Rollout, SamplingParams
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
 
 DEFAULT_GROUP_SIZE = 4
-DEFAULT_REWARDS = {"addition": [{"name": "math_accuracy"}], "sort": [{"name": "exact_match"}]}
+DEFAULT_REWARDS = {"addition": [{"name": "math_accuracy"}], "sort": [{"name": "exact_match"}],
+                   "max": [{"name": "math_accuracy"}]}
 LOSS_KEYS_AT_ALGORITHM_LEVEL = ("clip_ratio", "entropy_coef", "value_loss_coef")
 
 

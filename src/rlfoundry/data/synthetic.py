@@ -148,12 +148,47 @@ def make_sort_sft(
             for r in rows]
 
 
+def make_max_prompts(
+    n: int, seed: int = 0, num_digits: tuple[int, int] = (4, 6), split: str | None = None
+) -> list[dict[str, Any]]:
+    """``n`` rows ``{"prompt": "max: 3 9 2 7\\n", "answer": "9"}`` over distinct digits."""
+    lo, hi = num_digits
+    if not 2 <= lo <= hi <= 10:
+        raise ConfigError(f"num_digits must satisfy 2 <= low <= high <= 10, got {num_digits}")
+    rng = random.Random(seed)
+
+    def draw() -> Iterator[tuple[str, dict[str, Any]]]:
+        while True:
+            digits = rng.sample(string.digits, rng.randint(lo, hi))
+            yield "".join(digits), {"prompt": f"max: {' '.join(digits)}\n", "answer": max(digits)}
+
+    return _collect(n, draw(), split, "max")
+
+
+def make_max_sft(
+    n: int, seed: int = 0, num_digits: tuple[int, int] = (4, 6), split: str | None = None,
+    noise: float = 0.0,
+) -> list[dict[str, Any]]:
+    """``n`` rows ``{"prompt", "completion"}`` for the max task, where a fraction ``noise`` of
+    the demonstrations answers with the FIRST digit instead of the largest: imperfect data
+    that leaves a warm-started model often wrong, for RL with a correctness reward to fix."""
+    if not 0.0 <= noise <= 1.0:
+        raise ConfigError(f"noise must be in [0, 1], got {noise}")
+    rng = random.Random(seed + 7919)
+    rows = make_max_prompts(n, seed, num_digits, split)
+    return [{"prompt": r["prompt"],
+             "completion": r["prompt"].split()[1] if rng.random() < noise else r["answer"]}
+            for r in rows]
+
+
 BUILTIN_DATASETS: dict[str, tuple[Callable[..., list[dict[str, Any]]], str, int]] = {
     # name: (generator, kind, default train size); eval defaults to a tenth of train
     "sort_preferences": (make_sort_preferences, "preference", 2000),
     "addition": (make_addition_prompts, "prompt", 2000),
     "addition_sft": (make_addition_sft, "sft", 2000),
     "sort": (make_sort_prompts, "prompt", 2000),
+    "max": (make_max_prompts, "prompt", 2000),
+    "max_sft": (make_max_sft, "sft", 2000),
     "sort_sft": (make_sort_sft, "sft", 2000),
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,9 @@ class Trainer:
             self._handle_nonfinite(bad, metrics)
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped update still advances the schedule
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["skipped_steps"] = self.skipped_steps
