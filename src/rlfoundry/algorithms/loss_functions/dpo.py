@@ -22,16 +22,15 @@ the policy's); reference-free variants, or ``reference_free: true``, need none.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from numbers import Real
 from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
 
+from rlfoundry.algorithms.loss_functions.options import NumberChecks, check_loss_options
 from rlfoundry.algorithms.loss_functions.registry import LossFunctionRegistry
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.ops.logprobs import logprobs_from_logits
@@ -99,13 +98,13 @@ _DEFAULTS: dict[str, Any] = {
     "bco_running_mean_decay": 0.99,
 }
 # Numeric keys: (predicate, the requirement as the error message states it).
-_NUMBER_CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "reference_policy_kl_penalty": (lambda v: v > 0, "must be > 0"),
-    "label_smoothing": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
-    "rpo_alpha": (lambda v: v >= 0, "must be >= 0"),
-    "simpo_gamma": (lambda v: True, "must be a finite number"),
-    "discopop_tau": (lambda v: v > 0, "must be > 0"),
-    "bco_running_mean_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+_NUMBER_CHECKS: NumberChecks = {
+    "reference_policy_kl_penalty": (False, lambda v: v > 0, "must be > 0"),
+    "label_smoothing": (False, lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    "rpo_alpha": (False, lambda v: v >= 0, "must be >= 0"),
+    "simpo_gamma": (False, lambda v: True, "must be a finite number"),
+    "discopop_tau": (False, lambda v: v > 0, "must be > 0"),
+    "bco_running_mean_decay": (False, lambda v: 0 <= v < 1, "must be in [0, 1)"),
 }
 _REFERENCE_FREE_TYPES = frozenset({"simpo", "orpo"})
 _LENGTH_NORMALISED_TYPES = frozenset({"sigmoid_norm", "simpo", "orpo"})
@@ -127,45 +126,8 @@ def validate_dpo_loss_config(
     keys are rejected, unless ``allow_unknown`` (user subclasses reading their own keys), in
     which case only close misspellings of the known keys are rejected.
     """
-    if cfg is None:
-        cfg = {}
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"{path}: must be a mapping of loss options, got {type(cfg).__name__}")
-    out = dict(cfg)
-    out.pop("type", None)
-    if "beta" in out:
-        beta = out.pop("beta")
-        if "reference_policy_kl_penalty" in out and out["reference_policy_kl_penalty"] != beta:
-            raise ConfigError(
-                f"{path}.beta: {beta!r} conflicts with reference_policy_kl_penalty "
-                f"{out['reference_policy_kl_penalty']!r} (beta is an alias); give only one"
-            )
-        out["reference_policy_kl_penalty"] = beta
-
-    extra = set(extra_keys)
-    base = list(_DEFAULTS) + ["beta"]
-    for key in out:
-        if key in _DEFAULTS or key in extra:
-            continue
-        close = difflib.get_close_matches(str(key), base, n=1, cutoff=0.8)
-        if allow_unknown and not close:
-            continue
-        raise ConfigError(
-            f"{path}.{key}: unknown key{did_you_mean(key, base + sorted(extra))}; "
-            f"known keys: {', '.join(base + sorted(extra))}"
-        )
-
-    for key, default in _DEFAULTS.items():
-        out.setdefault(key, default)
-    for key, (ok, requirement) in _NUMBER_CHECKS.items():
-        value = out[key]
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise ConfigError(
-                f"{path}.{key}: must be a number, got {value!r} ({type(value).__name__})"
-            )
-        if not (math.isfinite(value) and ok(value)):
-            raise ConfigError(f"{path}.{key}: {requirement}, got {value!r}")
-        out[key] = float(value)
+    out = check_loss_options(cfg, path, _DEFAULTS, _NUMBER_CHECKS, extra_keys=extra_keys,
+                             allow_unknown=allow_unknown)
     if not isinstance(out["reference_free"], bool):
         value = out["reference_free"]
         raise ConfigError(

@@ -21,14 +21,13 @@ Values at masked positions are ignored (they may be padding, ``-inf`` or NaN).
 
 from __future__ import annotations
 
-import difflib
-import math
-from collections.abc import Callable, Iterable, Mapping
-from numbers import Integral, Real
+from collections.abc import Iterable, Mapping
+from numbers import Integral
 from typing import Any, TypedDict
 
 import torch
 
+from rlfoundry.algorithms.loss_functions.options import NumberChecks, check_loss_options
 from rlfoundry.algorithms.loss_functions.registry import LossFunctionRegistry
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import did_you_mean
@@ -96,7 +95,7 @@ _DEFAULTS: dict[str, Any] = {
     "value_loss_coef": 0.0,
 }
 # Numeric keys: (null allowed, predicate, the requirement as the error message states it).
-_NUMBER_CHECKS: dict[str, tuple[bool, Callable[[float], bool], str]] = {
+_NUMBER_CHECKS: NumberChecks = {
     "reference_policy_kl_penalty": (False, lambda v: v >= 0, "must be >= 0"),
     "kl_clamp": (True, lambda v: v > 0, "must be > 0 (or null: no clamp)"),
     "clip_ratio": (False, lambda v: 0 <= v < 1, "must be in [0, 1)"),
@@ -132,47 +131,8 @@ def validate_grpo_loss_config(
     (user subclasses reading their own keys), in which case only close misspellings of the
     known keys are rejected.
     """
-    if cfg is None:
-        cfg = {}
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"{path}: must be a mapping of loss options, got {type(cfg).__name__}")
-    out = dict(cfg)
-    out.pop("type", None)
-    if "beta" in out:
-        beta = out.pop("beta")
-        if "reference_policy_kl_penalty" in out and out["reference_policy_kl_penalty"] != beta:
-            raise ConfigError(
-                f"{path}.beta: {beta!r} conflicts with reference_policy_kl_penalty "
-                f"{out['reference_policy_kl_penalty']!r} (beta is an alias); give only one"
-            )
-        out["reference_policy_kl_penalty"] = beta
-
-    extra = set(extra_keys)
-    base = list(_DEFAULTS) + ["beta"]
-    for key in out:
-        if key in _DEFAULTS or key in extra:
-            continue
-        close = difflib.get_close_matches(str(key), base, n=1, cutoff=0.8)
-        if allow_unknown and not close:
-            continue
-        raise ConfigError(
-            f"{path}.{key}: unknown key{did_you_mean(key, base + sorted(extra))}; "
-            f"known keys: {', '.join(base + sorted(extra))}"
-        )
-
-    for key, default in _DEFAULTS.items():
-        out.setdefault(key, default)
-    for key, (nullable, ok, requirement) in _NUMBER_CHECKS.items():
-        value = out[key]
-        if value is None and nullable:
-            continue
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise ConfigError(
-                f"{path}.{key}: must be a number, got {value!r} ({type(value).__name__})"
-            )
-        if not (math.isfinite(value) and ok(value)):
-            raise ConfigError(f"{path}.{key}: {requirement}, got {value!r}")
-        out[key] = float(value)
+    out = check_loss_options(cfg, path, _DEFAULTS, _NUMBER_CHECKS, extra_keys=extra_keys,
+                             allow_unknown=allow_unknown)
     for side in ("clip_ratio_low", "clip_ratio_high"):
         if out[side] is None:
             out[side] = out["clip_ratio"]
