@@ -189,7 +189,7 @@ class Trainer:
         else:
             self.optimizer.step()
         with warnings.catch_warnings():  # a skipped update still advances the schedule
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
