@@ -32,6 +32,7 @@ from rlfoundry.data import PreferenceDataset, collate_preference
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.ops.lm_head import token_logprobs
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
+from rlfoundry.training.metrics import WeightedMean
 
 LOGP_KEYS = ("policy_chosen_logps", "policy_rejected_logps",
              "reference_chosen_logps", "reference_rejected_logps")
@@ -118,7 +119,7 @@ class DPOTrainer(Trainer):
 
     # ---- one micro-batch -----------------------------------------------------------------
     def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = self.to_device(batch)
         b = batch["num_sequences"]
         out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
         logps = out.sequence_sums()
@@ -149,8 +150,6 @@ class DPOTrainer(Trainer):
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out preference accuracy, reward gap and loss (weighted over all eval pairs)."""
-        from rlfoundry.training.metrics import WeightedMean
-
         if not self.eval_pairs:
             return {}
         was_training = self.model.training

@@ -27,6 +27,7 @@ from rlfoundry.algorithms.reference import frozen_copy
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.config import RunConfig
 from rlfoundry.data import PreferenceDataset, PromptDataset
+from rlfoundry.data.padding import pad_prompt_completions
 from rlfoundry.data.prompts import render_prompt
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import ConfigError, DataError
@@ -34,6 +35,7 @@ from rlfoundry.ops.lm_head import token_logprobs
 from rlfoundry.rewards import compute_rewards, resolve_reward
 from rlfoundry.rollout import HFSampler, Rollout, SamplingParams
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
+from rlfoundry.training.metrics import WeightedMean
 
 DEFAULT_GROUP_SIZE = 4
 DEFAULT_REWARDS = {"addition": [{"name": "math_accuracy"}], "sort": [{"name": "exact_match"}],
@@ -183,8 +185,7 @@ class GRPOTrainer(Trainer):
         examples = [self.train_set[prompt_indices[p]] for p in rollout.prompt_index]
         prompts = [render_prompt(self.tokenizer, ex.prompt) for ex in examples]
         responses = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        keys = dict.fromkeys(k for ex in examples for k in ex.extras)
-        columns = {k: [ex.extras.get(k) for ex in examples] for k in keys}
+        columns = _columns(examples)
         columns["completion_lengths"] = [len(c) for c in rollout.completion_ids]
         result = compute_rewards(self.reward_fns, prompts, responses, columns,
                                  on_error=self.config.algorithm.reward_error,
@@ -205,15 +206,8 @@ class GRPOTrainer(Trainer):
     @torch.no_grad()
     def embed(self, rollout: Rollout) -> torch.Tensor:
         """Mean-pooled last hidden states of each sample's completion tokens ``[N, H]``."""
-        seqs = [p + c for p, c in zip(rollout.prompt_ids, rollout.completion_ids)]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        comp = torch.zeros_like(ids)
-        for k, (s, p) in enumerate(zip(seqs, rollout.prompt_ids)):
-            ids[k, : len(s)] = torch.tensor(s)
-            attn[k, : len(s)] = 1
-            comp[k, len(p): len(s)] = 1
+        ids, attn, comp = pad_prompt_completions(rollout.prompt_ids, rollout.completion_ids,
+                                                 self.tokenizer.pad_token_id or 0)
         was_training = self.model.training
         self.model.eval()
         hidden = self.model.base_model(input_ids=ids.to(self.device),
@@ -249,9 +243,10 @@ class GRPOTrainer(Trainer):
     def _rollout_metrics(self, r: dict[str, Any]) -> dict[str, Any]:
         ro: Rollout = r["rollout"]
         lengths = torch.tensor([len(c) for c in ro.completion_ids], dtype=torch.float64)
+        scored = r["rewards"][~torch.isnan(r["rewards"])]
         metrics = {
             "reward_mean": _nanmean(r["rewards"]),
-            "reward_std": r["rewards"][~torch.isnan(r["rewards"])].std() if (~torch.isnan(r["rewards"])).sum() > 1 else 0.0,
+            "reward_std": scored.std() if scored.numel() > 1 else 0.0,
             **{f"reward/{k}": _nanmean(v) for k, v in r["per_function"].items()},
             **r["stats"],
             "completion_length_mean": lengths.mean(),
@@ -264,23 +259,16 @@ class GRPOTrainer(Trainer):
     @torch.no_grad()
     def _to_buffer(self, samples: list[tuple[dict, int]]) -> dict[str, Any]:
         """Right-padded tensors for the trained samples, plus old/reference log-probs."""
-        seqs, starts, sampling = [], [], []
-        for r, i in samples:
-            ro = r["rollout"]
-            seqs.append(ro.prompt_ids[i] + ro.completion_ids[i])
-            starts.append(len(ro.prompt_ids[i]))
-            sampling.append(ro.sampling_logprobs[i])
-        n, width = len(seqs), max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((n, width), pad, dtype=torch.long)
-        attention = torch.zeros((n, width), dtype=torch.long)
-        loss_mask = torch.zeros((n, width), dtype=torch.long)
-        sampling_lp = torch.zeros((n, width - 1), dtype=torch.float32)
-        for k, (seq, start, lp) in enumerate(zip(seqs, starts, sampling)):
-            input_ids[k, : len(seq)] = torch.tensor(seq)
-            attention[k, : len(seq)] = 1
-            loss_mask[k, start: len(seq)] = 1
-            sampling_lp[k, start - 1: len(seq) - 1] = torch.tensor(lp)
+        prompts = [r["rollout"].prompt_ids[i] for r, i in samples]
+        completions = [r["rollout"].completion_ids[i] for r, i in samples]
+        input_ids, attention, loss_mask = pad_prompt_completions(prompts, completions,
+                                                                 self.tokenizer.pad_token_id or 0)
+        # sampler log-probs aligned with labels = input_ids[:, 1:]
+        sampling_lp = torch.zeros((len(samples), input_ids.shape[1] - 1), dtype=torch.float32)
+        for k, (r, i) in enumerate(samples):
+            start = len(prompts[k])
+            sampling_lp[k, start - 1: start - 1 + len(completions[k])] = torch.tensor(
+                r["rollout"].sampling_logprobs[i])
         buffer = {
             "input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask,
             "sampling_logprobs": sampling_lp,
@@ -334,7 +322,7 @@ class GRPOTrainer(Trainer):
         return batch
 
     def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = self.to_device(batch)
         with_entropy = bool(self.loss_fn.cfg.get("entropy_coef", 0.0))
         out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
                              with_entropy=with_entropy, return_hidden=self.value_head is not None,
@@ -357,9 +345,7 @@ class GRPOTrainer(Trainer):
         tokens = int(self.buffer["loss_mask"].sum())
         metrics["training_tokens_per_s"] = tokens / max(time.perf_counter() - start, 1e-9)
         self.rollout.sync_weights(self.model)
-        from rlfoundry.training.metrics import WeightedMean
-
-        acc = WeightedMean()
+        acc = WeightedMean()  # one host transfer for the rollout's tensor metrics
         acc.add(rollout_metrics, 1.0)
         return {**acc.result(), **metrics}
 
@@ -381,15 +367,14 @@ class GRPOTrainer(Trainer):
             responses += self.tokenizer.batch_decode(ro.completion_ids, skip_special_tokens=True)
         examples = list(self.eval_set)
         prompts = [render_prompt(self.tokenizer, ex.prompt) for ex in examples]
-        keys = dict.fromkeys(k for ex in examples for k in ex.extras)
-        columns = {k: [ex.extras.get(k) for ex in examples] for k in keys}
+        columns = _columns(examples)
         result = compute_rewards(self.reward_fns, prompts, responses, columns, on_error="zero")
         metrics = {"reward_mean": float(_nanmean(result.total))}
         metrics.update({f"reward/{k}": float(_nanmean(v)) for k, v in result.per_function.items()})
         if "answer" in columns:
-            math = REWARDS.get("math_accuracy")(prompts, responses, answer=columns["answer"])
+            numeric = REWARDS.get("math_accuracy")(prompts, responses, answer=columns["answer"])
             scored = [float(r.strip() == str(a).strip()) or (m or 0.0)
-                      for r, a, m in zip(responses, columns["answer"], math) if a is not None]
+                      for r, a, m in zip(responses, columns["answer"], numeric) if a is not None]
             if scored:
                 metrics["accuracy"] = sum(scored) / len(scored)
         return metrics
@@ -412,6 +397,12 @@ def as_advantages(result) -> tuple[torch.Tensor, dict[str, Any]]:
     if isinstance(result, tuple):
         return result[0], dict(result[1])
     return result, {}
+
+
+def _columns(examples) -> dict[str, list[Any]]:
+    """Extra data columns of the examples, one list per column (None where a row lacks it)."""
+    keys = dict.fromkeys(k for ex in examples for k in ex.extras)
+    return {k: [ex.extras.get(k) for ex in examples] for k in keys}
 
 
 def _varied(r: dict[str, Any]) -> list[torch.Tensor]:

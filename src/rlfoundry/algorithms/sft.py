@@ -8,6 +8,7 @@ import torch
 
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.data import PromptDataset
+from rlfoundry.data.padding import pad_prompt_completions
 from rlfoundry.data.prompts import tokenize_prompt
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import DataError
@@ -50,20 +51,13 @@ class SFTTrainer(Trainer):
     def collate(self, indices: list[int], rows=None) -> dict[str, Any]:
         rows = self.train_rows if rows is None else rows
         chosen = [rows[i] for i in indices]
-        width = max(len(p) + len(c) for p, c in chosen)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(chosen), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        mask = torch.zeros_like(ids)
-        for k, (p, c) in enumerate(chosen):
-            ids[k, : len(p) + len(c)] = torch.tensor(p + c)
-            attn[k, : len(p) + len(c)] = 1
-            mask[k, len(p): len(p) + len(c)] = 1
+        ids, attn, mask = pad_prompt_completions([p for p, _ in chosen], [c for _, c in chosen],
+                                                 self.tokenizer.pad_token_id or 0)
         return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask,
                 "num_sequences": len(chosen), "num_tokens": int(mask.sum())}
 
     def micro_step(self, batch: dict[str, Any]):
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = self.to_device(batch)
         out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
         batch["response_mask"] = out.mask
         return as_loss_and_metrics(self.loss_fn(batch, {"logprobs": out.logprobs}))

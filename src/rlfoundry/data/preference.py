@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from rlfoundry.data.io import load_rows
+from rlfoundry.data.padding import pad_prompt_completions
 from rlfoundry.data.prompts import (
     Content,
     Message,
@@ -437,21 +438,13 @@ def collate_preference(
     """
     if not pairs:
         raise ValueError("collate_preference needs at least one pair")
-    b = len(pairs)
-    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs]
-    sequences += [(p.prompt_ids, p.rejected_ids) for p in pairs]
-    t = max(len(prompt) + len(comp) for prompt, comp in sequences)
+    prompts = [p.prompt_ids for p in pairs] * 2  # chosen rows first, then rejected rows
+    completions = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    t = max(len(p) + len(c) for p, c in zip(prompts, completions))
     if pad_to_multiple_of:
         t = -(-t // pad_to_multiple_of) * pad_to_multiple_of
-
-    input_ids = torch.full((2 * b, t), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((2 * b, t), dtype=torch.long)
-    loss_mask = torch.zeros((2 * b, t), dtype=torch.float)
-    for row, (prompt, comp) in enumerate(sequences):
-        n_p, n = len(prompt), len(prompt) + len(comp)
-        input_ids[row, :n] = torch.tensor(prompt + comp, dtype=torch.long)
-        attention_mask[row, :n] = 1
-        loss_mask[row, n_p:n] = 1.0
+    input_ids, attention_mask, loss_mask = pad_prompt_completions(prompts, completions, pad_id, t)
+    loss_mask = loss_mask.float()
 
     batch: dict[str, Any] = {
         "input_ids": input_ids,

@@ -104,6 +104,10 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         return {}
 
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``batch`` with its tensors on the training device (lists stay as they are)."""
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
     def next_batch(self) -> list[int]:
         """Indices of the examples for the next optimizer step."""
         return self.sampler.next_batch()
