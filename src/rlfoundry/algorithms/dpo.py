@@ -9,6 +9,14 @@ Override points (the seed's ``CustomDPOTrainer`` / ``MathDPOTrainer`` patterns):
 - ``train_step(batch)``: ``batch`` already holds the policy and reference per-sequence
   log-probs under the names above, plus every collated column; return the loss (or
   ``(loss, metrics)``). The trainer does backward, accumulation and the optimizer step.
+
+Besides per-sequence log-probs, losses get a token-level view of the ``2B`` rows (chosen
+rows first): ``model_outputs["logprobs"]`` ``[2B, T]``, ``batch["response_mask"]``,
+``batch["is_chosen"]`` and ``batch["advantages"]`` (+1 chosen, -1 rejected: each pair is a
+group of two), plus ``model_outputs["response_embeddings"]`` when a loss lists ``"hidden"``
+in ``requires``. So NLL, auxiliary objectives and sequence-level policy-gradient terms
+compose with DPO (``num_tokens`` counts chosen tokens: token-level terms are about the
+chosen responses).
 """
 
 from __future__ import annotations
@@ -30,12 +38,15 @@ from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.config import RunConfig
 from rlfoundry.data import PreferenceDataset, collate_preference
 from rlfoundry.data.sources import load_dataset_spec
-from rlfoundry.ops.lm_head import token_logprobs
+from rlfoundry.errors import ConfigError
+from rlfoundry.ops.lm_head import response_embeddings, token_logprobs
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
 from rlfoundry.training.metrics import WeightedMean
+from rlfoundry.training.schedules import get_beta
 
 LOGP_KEYS = ("policy_chosen_logps", "policy_rejected_logps",
              "reference_chosen_logps", "reference_rejected_logps")
+OUTPUT_KEYS = ("logprobs", "response_embeddings")  # token-level model outputs
 
 
 def preference_metrics(pc, pr, rc, rr, beta: float) -> dict[str, torch.Tensor]:
@@ -62,7 +73,17 @@ class DPOTrainer(Trainer):
 
     @classmethod
     def validate_config(cls, cfg: RunConfig) -> None:
-        LossFunctionRegistry.build(cfg.algorithm.loss)  # loss options are checked here, at load
+        from rlfoundry.algorithms.loss_functions import GRPOLossFn
+        from rlfoundry.training.schedules import loss_components
+
+        loss = LossFunctionRegistry.build(cfg.algorithm.loss)  # loss options are checked at load
+        for c in loss_components(loss):
+            if isinstance(c, GRPOLossFn) and (c.reduction == "token" or c.requires_reference):
+                raise ConfigError(
+                    "algorithm.loss: in a DPO run a GRPO-style component sees each pair as a group "
+                    "of two (advantages +1/-1) and must be sequence-level without its own KL "
+                    f"(got loss_type={c.loss_type}, reference_policy_kl_penalty="
+                    f"{c.reference_policy_kl_penalty}); the DPO term already anchors to the reference")
 
     # ---- data ----------------------------------------------------------------------------
     def setup_data(self, dataset=None, eval_dataset=None) -> int:
@@ -83,7 +104,7 @@ class DPOTrainer(Trainer):
         pairs = self.train_pairs if pairs is None else pairs
         batch = collate_preference([pairs[i] for i in indices], self.tokenizer.pad_token_id)
         batch["num_sequences"] = len(indices)
-        batch["num_tokens"] = int(batch["loss_mask"].sum())
+        batch["num_tokens"] = int(batch["loss_mask"][: len(indices)].sum())  # chosen tokens
         batch["split"] = "train" if pairs is self.train_pairs else "eval"
         return batch
 
@@ -121,12 +142,19 @@ class DPOTrainer(Trainer):
     def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         batch = self.to_device(batch)
         b = batch["num_sequences"]
-        out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        hidden = "hidden" in getattr(self.loss_fn, "requires", ())
+        out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                             return_hidden=hidden)
         logps = out.sequence_sums()
         batch["policy_chosen_logps"], batch["policy_rejected_logps"] = logps[:b], logps[b:]
         batch["reference_chosen_logps"], batch["reference_rejected_logps"] = self.reference_logps(batch)
+        is_chosen = torch.arange(2 * b, device=self.device) < b
+        batch.update(logprobs=out.logprobs, response_mask=out.mask, is_chosen=is_chosen,
+                     advantages=is_chosen.float() * 2 - 1)
+        if hidden:
+            batch["response_embeddings"] = response_embeddings(out.hidden, batch["loss_mask"])
         loss, metrics = as_loss_and_metrics(self.train_step(batch))
-        beta = float(getattr(self.loss_fn, "reference_policy_kl_penalty", 0.1))
+        beta = get_beta(self.loss_fn) or 0.1
         defaults = preference_metrics(*(batch[k] for k in LOGP_KEYS), beta=beta)
         return loss, {**defaults, **metrics}
 
@@ -144,6 +172,7 @@ class DPOTrainer(Trainer):
             batch["reference_rejected_logps"] = reference_rejected_logps
         outputs = {"policy_chosen_logps": policy_chosen_logps,
                    "policy_rejected_logps": policy_rejected_logps}
+        outputs.update({k: batch.pop(k) for k in OUTPUT_KEYS if k in batch})
         return self.loss_fn(batch, outputs)
 
     # ---- evaluation ----------------------------------------------------------------------

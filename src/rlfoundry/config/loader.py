@@ -148,7 +148,22 @@ def finalize(cfg: RunConfig) -> RunConfig:
             loss["reference_policy_kl_penalty"] = algo.beta
     algo.loss = loss
     trainer_cls.validate_config(cfg)
+    _check_schedules(cfg)
     return cfg
+
+
+def _check_schedules(cfg: RunConfig) -> None:
+    """Build the configured schedules once so bad types/options fail at load."""
+    from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
+    from rlfoundry.training.schedules import build_schedule, get_beta
+
+    if cfg.algorithm.beta_schedule:
+        beta = get_beta(LossFunctionRegistry.build(cfg.algorithm.loss))
+        if beta is None:
+            raise ConfigError(f"algorithm.beta_schedule: loss '{cfg.algorithm.loss['type']}' has no beta "
+                              "(reference_policy_kl_penalty) to schedule")
+        build_schedule(cfg.algorithm.beta_schedule, "beta", beta, "algorithm.beta_schedule")
+    build_schedule(cfg.training.lr_controller, "lr", 1.0, "training.lr_controller")
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -107,6 +107,9 @@ class TrainingConfig(Section):
         "or skip the optimizer step and count it.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    lr_controller: dict[str, Any] | None = Field(
+        None, description="Feedback on the learning rate on top of lr_scheduler, e.g. {type: "
+        "performance, metric: reward_mean, low: 0.5, high: 0.8}: lr x1.1 below low, x0.9 above high.")
 
 
 class LoggingConfig(Section):
@@ -159,6 +162,10 @@ class AlgorithmConfig(Section):
         description="Loss config: 'type' names a registered loss (default: the algorithm's own); "
         "other keys are that loss's options.",
     )
+    beta_schedule: dict[str, Any] | None = Field(
+        None, description="Schedule or controller of the loss's beta, e.g. {type: linear, "
+        "final_beta: 0.05}; types: constant, linear, warmup_cosine, reward_gap, or a registered "
+        "one (`rlfoundry list`). The loss's beta is the starting value; beta is logged each step.")
     # Training parameters written under `algorithm:` in the seed configs; they mean the same
     # as the training.* keys and are moved there when the config loads.
     learning_rate: float | None = Field(None, gt=0, description="Alias of training.learning_rate.")

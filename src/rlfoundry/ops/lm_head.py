@@ -113,3 +113,10 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if with_entropy:
         ent = (torch.logsumexp(logits, -1) - (logits.softmax(-1) * logits).sum(-1)) * mask
     return TokenLogprobs(lp, mask, ent, out.hidden_states[-1] if return_hidden else None)
+
+
+def response_embeddings(hidden: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, H]`` mean of the last hidden states over each row's response tokens
+    (``loss_mask`` ``[B, T]`` marks them); rows without response tokens give zeros."""
+    w = loss_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * w).sum(1) / w.sum(1).clamp(min=1)

@@ -27,6 +27,7 @@ from rlfoundry.training.logger import MetricsLogger
 from rlfoundry.training.metrics import WeightedMean, nonfinite_keys
 from rlfoundry.training.optim import build_optimizer, build_scheduler
 from rlfoundry.training.sampler import EpochSampler
+from rlfoundry.training.schedules import build_schedule, get_beta, set_beta
 
 
 def coerce_config(config: Any, algorithm: str) -> RunConfig:
@@ -82,6 +83,11 @@ class Trainer:
                                seed=cfg.training.seed)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn if loss_fn is not None else LossFunctionRegistry.build(cfg.algorithm.loss)
+        if hasattr(self.loss_fn, "bind_tokenizer"):
+            self.loss_fn.bind_tokenizer(self.tokenizer)
+        self.beta_schedule = build_schedule(cfg.algorithm.beta_schedule, "beta", get_beta(self.loss_fn) or 0.0,
+                                            "algorithm.beta_schedule")
+        self.lr_controller = build_schedule(cfg.training.lr_controller, "lr", 1.0, "training.lr_controller")
         self.output_dir = Path(cfg.training.output_dir)
         self.step = 0
         self.skipped_steps = 0
@@ -113,8 +119,11 @@ class Trainer:
         return self.sampler.next_batch()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """What the optimizer updates and clipping measures (the model, plus any heads)."""
-        return [p for p in self.model.parameters() if p.requires_grad]
+        """What the optimizer updates and clipping measures (the model, plus any heads and
+        learnable loss parameters such as uncertainty weights)."""
+        loss_params = getattr(self.loss_fn, "parameters", None)
+        extra = list(loss_params()) if callable(loss_params) else []
+        return [p for p in [*self.model.parameters(), *extra] if p.requires_grad]
 
     def extra_state(self) -> dict[str, Any]:
         """Algorithm state to checkpoint besides model/optimizer/RNG/data position."""
@@ -169,36 +178,62 @@ class Trainer:
 
     def optimizer_step(self, indices: list[int]) -> dict[str, float]:
         """Forward/backward every micro-batch, weighting each by its share of the global
-        sequence (or token) count, so accumulation equals one big batch; then one update."""
+        sequence (or token) count, so accumulation equals one big batch; then one update.
+
+        Losses with ``reduction = "sum"`` (composites of sequence- and token-level terms)
+        normalise themselves with ``batch["global_num_sequences"]`` / ``["global_num_tokens"]``
+        and are added unweighted."""
         self.model.train()
+        self._loss_hook("on_step_start", self.step, self.total_steps)
+        if self.beta_schedule is not None:
+            set_beta(self.loss_fn, self.beta_schedule.value(self.step, self.total_steps))
         batches = self.micro_batches(indices)
-        count_key = "num_tokens" if getattr(self.loss_fn, "reduction", "sequence") == "token" else "num_sequences"
-        total = sum(b[count_key] for b in batches)
-        acc, losses, per_batch = WeightedMean(), [], []
+        totals = {k: sum(b[k] for b in batches) for k in ("num_sequences", "num_tokens")}
+        reduction = getattr(self.loss_fn, "reduction", "sequence")
+        count_key = "num_tokens" if reduction == "token" else "num_sequences"
+        acc, loss_sum = WeightedMean(), 0.0
         for batch in batches:
-            weight = batch[count_key] / total
+            batch.update({f"global_{k}": v for k, v in totals.items()})
+            share = batch[count_key] / max(totals[count_key], 1)
+            weight = 1.0 if reduction == "sum" else share
             loss, metrics = self.micro_step(batch)
             (loss * weight).backward()
-            losses.append(loss.detach())
-            per_batch.append(metrics)
-            acc.add({**metrics, "loss": loss.detach()}, weight)
+            loss_sum = loss_sum + loss.detach() * weight
+            acc.add({k: v for k, v in metrics.items() if k != "loss"}, share)
         params = self.trainable_parameters()
         max_norm = self.config.training.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        acc.add({"grad_norm": grad_norm}, 1.0)
+        acc.add({"loss": loss_sum, "grad_norm": grad_norm}, 1.0)
         metrics = acc.result()
         bad = nonfinite_keys(metrics)
         if bad:
             self._handle_nonfinite(bad, metrics)
         else:
             self.optimizer.step()
+            self._loss_hook("on_step_end", metrics)
+        beta = get_beta(self.loss_fn)
+        if beta is not None:
+            metrics["beta"] = beta
+        if self.beta_schedule is not None:
+            self.beta_schedule.update(metrics)
+        if self.lr_controller is not None:
+            self.lr_controller.update(metrics)
         with warnings.catch_warnings():  # a skipped update still advances the schedule
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
             self.scheduler.step()
+        if self.lr_controller is not None:
+            scale = self.lr_controller.value(self.step, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] *= scale
         self.optimizer.zero_grad(set_to_none=True)
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["skipped_steps"] = self.skipped_steps
         return metrics
+
+    def _loss_hook(self, name: str, *args) -> None:
+        hook = getattr(self.loss_fn, name, None)
+        if callable(hook):
+            hook(*args)
 
     def _handle_nonfinite(self, bad: list[str], metrics: dict[str, float]) -> None:
         where = ", ".join(f"{k}={metrics[k]}" for k in bad)
@@ -221,6 +256,8 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "rng": ckpt.rng_state(),
             "loss_fn": ckpt.plain_state(self.loss_fn),
+            "schedules": {"beta": ckpt.plain_state(self.beta_schedule),
+                          "lr": ckpt.plain_state(self.lr_controller)},
             "extra": self.extra_state(),
             "config": self.config.model_dump(mode="json"),
         }
@@ -234,6 +271,9 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])
         ckpt.restore_plain_state(self.loss_fn, state["loss_fn"])
+        schedules = state.get("schedules", {})
+        ckpt.restore_plain_state(self.beta_schedule, schedules.get("beta", {}))
+        ckpt.restore_plain_state(self.lr_controller, schedules.get("lr", {}))
         self.load_extra_state(state["extra"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
 

@@ -15,6 +15,8 @@ class NLLLossFn:
     """SFT loss: mean negative log-likelihood over all response tokens of the batch.
 
     Inputs: ``model_outputs["logprobs"]`` ``[B, T]`` and ``batch["response_mask"]`` ``[B, T]``.
+    In a preference batch (``batch["is_chosen"]`` present) only the chosen responses count,
+    and the trainer's ``num_tokens`` counts chosen tokens, so this stays exact there too.
     ``reduction = "token"``: every response token weighs the same across micro-batches.
     """
 
@@ -28,7 +30,10 @@ class NLLLossFn:
         self.cfg = cfg
 
     def __call__(self, batch, model_outputs):
-        mask = batch["response_mask"].to(model_outputs["logprobs"].dtype)
+        mask = batch["response_mask"].bool()
+        if batch.get("is_chosen") is not None:
+            mask = mask & torch.as_tensor(batch["is_chosen"], device=mask.device).bool().unsqueeze(-1)
+        mask = mask.to(model_outputs["logprobs"].dtype)
         total = mask.sum().clamp(min=1)
-        loss = -(model_outputs["logprobs"] * mask).sum() / total
+        loss = -(model_outputs["logprobs"].masked_fill(mask == 0, 0.0) * mask).sum() / total
         return loss, {"loss": loss.detach(), "perplexity": torch.exp(loss.detach())}
