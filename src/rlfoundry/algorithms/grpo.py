@@ -31,7 +31,7 @@ from rlfoundry.data.padding import pad_prompt_completions
 from rlfoundry.data.prompts import render_prompt
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import ConfigError, DataError
-from rlfoundry.ops.lm_head import token_logprobs
+from rlfoundry.ops.lm_head import response_embeddings, token_logprobs
 from rlfoundry.rewards import compute_rewards, resolve_reward
 from rlfoundry.rollout import HFSampler, Rollout, SamplingParams
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
@@ -68,9 +68,17 @@ class GRPOTrainer(Trainer):
             if key in loss and loss[key] != value:
                 raise ConfigError(f"algorithm.{key}={value} and algorithm.loss.{key}={loss[key]} disagree")
             loss[key] = value
-        loss.setdefault("max_completion_length", algo.sampling.max_new_tokens)
+        from rlfoundry.algorithms.loss_functions import GRPOLossFn, MultiObjectiveGRPOLossFn
+
+        if issubclass(LossFunctionRegistry.get(loss["type"]), (GRPOLossFn, MultiObjectiveGRPOLossFn)):
+            loss.setdefault("max_completion_length", algo.sampling.max_new_tokens)  # Dr.GRPO's L
         algo.loss = loss
-        LossFunctionRegistry.build(loss)
+        from rlfoundry.algorithms.loss_functions import DPOLossFn
+        from rlfoundry.training.schedules import loss_components
+
+        if any(isinstance(c, DPOLossFn) for c in loss_components(LossFunctionRegistry.build(loss))):
+            raise ConfigError("algorithm.loss: a DPO-style component needs preference pairs "
+                              "(chosen/rejected); use it in a DPO run (algorithm.name: dpo)")
         if not algo.rewards:
             name = cfg.data.train[len("builtin:"):] if isinstance(cfg.data.train, str) else ""
             if name not in DEFAULT_REWARDS:
@@ -168,6 +176,8 @@ class GRPOTrainer(Trainer):
             outputs["entropy"] = batch["entropy"]
         if batch.get("value_preds") is not None:
             outputs["values"] = batch["value_preds"]
+        if batch.get("response_embeddings") is not None:  # the seed calls them "responses" here
+            outputs["response_embeddings"] = outputs["responses"] = batch["response_embeddings"]
         return self.compute_loss(batch, outputs)
 
     # ---- rollouts ------------------------------------------------------------------------
@@ -199,9 +209,12 @@ class GRPOTrainer(Trainer):
             total_steps=self.total_steps, columns=columns, embeddings=embeddings)
         groups = [torch.as_tensor(g, dtype=torch.long) for g in groups if len(g) > 0]
         advantages, stats = as_advantages(self.compute_advantages(rewards, groups))
+        group_of = torch.full((n,), -1, dtype=torch.long)
+        for k, g in enumerate(groups):
+            group_of[g] = k
         return dict(rollout=rollout, prompts=prompts, responses=responses, rewards=rewards,
                     per_function=result.per_function, groups=groups, advantages=advantages,
-                    stats=stats, columns=columns)
+                    stats=stats, columns=columns, group_of=group_of)
 
     @torch.no_grad()
     def embed(self, rollout: Rollout) -> torch.Tensor:
@@ -228,7 +241,8 @@ class GRPOTrainer(Trainer):
         first = rounds[0]
         metrics = self._rollout_metrics(first)
         samples: list[tuple[dict, int]] = []  # (round, sample index) of every trained sample
-        for r in rounds:
+        for k, r in enumerate(rounds):
+            r["group_of"] = r["group_of"] + k * len(r["responses"])  # distinct across rounds
             groups = _varied(r) if dyn.enabled else r["groups"]
             for g in groups:
                 samples.extend((r, int(i)) for i in g if not math.isnan(float(r["rewards"][i])))
@@ -277,12 +291,33 @@ class GRPOTrainer(Trainer):
             "truncated": torch.tensor([r["rollout"].truncated[i] for r, i in samples]),
             "responses": [r["responses"][i] for r, i in samples],
             "prompts": [r["prompts"][i] for r, i in samples],
+            "group_id": torch.stack([r["group_of"][i] for r, i in samples]),
         }
+        if "targets" in getattr(self.loss_fn, "requires", ()):
+            buffer.update(self._target_embeddings([r["columns"] for r, _ in samples],
+                                                  [i for _, i in samples]))
         if self.num_iterations > 1:
             buffer["old_logprobs"] = self._logprobs_of(self.model, buffer)
         if self.ref_model is not None:
             buffer["reference_logprobs"] = self._logprobs_of(self.ref_model, buffer)
         return buffer
+
+    def _target_embeddings(self, columns: list[dict], rows: list[int]) -> dict[str, torch.Tensor]:
+        """Policy embeddings of each sample's target text (for the quality objective)."""
+        from rlfoundry.training.schedules import loss_components
+
+        name = next((c.cfg["target_column"] for c in loss_components(self.loss_fn)
+                     if "targets" in getattr(c, "requires", ())), "answer")
+        texts = [cols.get(name, [None] * (i + 1))[i] for cols, i in zip(columns, rows)]
+        if all(t is None for t in texts):
+            raise DataError(f"the quality objective compares responses to the data column '{name}', "
+                            "but no training row has it (set target_column)")
+        ids = [self.tokenizer(str(t or ""), add_special_tokens=False)["input_ids"] for t in texts]
+        ids_t, attn, mask = pad_prompt_completions([[] for _ in ids], ids, self.tokenizer.pad_token_id or 0)
+        hidden = self.model.base_model(input_ids=ids_t.to(self.device),
+                                       attention_mask=attn.to(self.device)).last_hidden_state
+        return {"target_embeddings": response_embeddings(hidden, mask.to(self.device)).float().cpu(),
+                "has_target": torch.tensor([t is not None for t in texts])}
 
     def _logprobs_of(self, model, buffer: dict[str, Any]) -> torch.Tensor:
         was_training = model.training
@@ -311,7 +346,7 @@ class GRPOTrainer(Trainer):
         for key, value in buf.items():
             if isinstance(value, list):
                 batch[key] = [value[i] for i in indices]
-            elif value.dim() == 2:
+            elif value.dim() == 2 and key != "target_embeddings":  # [N, T] sequence-aligned
                 batch[key] = value[idx, : width if value.shape[1] == buf["input_ids"].shape[1] else width - 1]
             else:
                 batch[key] = value[idx]
@@ -324,9 +359,12 @@ class GRPOTrainer(Trainer):
     def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         batch = self.to_device(batch)
         with_entropy = bool(self.loss_fn.cfg.get("entropy_coef", 0.0))
+        embed = "hidden" in getattr(self.loss_fn, "requires", ())
         out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                             with_entropy=with_entropy, return_hidden=self.value_head is not None,
+                             with_entropy=with_entropy, return_hidden=self.value_head is not None or embed,
                              temperature=self._temperature)
+        if embed:
+            batch["response_embeddings"] = response_embeddings(out.hidden, batch["loss_mask"])
         batch["policy_logps"] = out.logprobs
         batch["response_mask"] = out.mask
         batch["entropy"] = out.entropy

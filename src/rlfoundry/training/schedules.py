@@ -154,14 +154,18 @@ def loss_components(loss_fn) -> list[Any]:
     return out
 
 
+def _beta_owner(loss_fn):
+    """The loss whose beta is "the" beta: the loss itself, or a composite's first component
+    that has one (the main loss of multi-objective losses)."""
+    return next((c for c in loss_components(loss_fn) if hasattr(c, "reference_policy_kl_penalty")), None)
+
+
 def get_beta(loss_fn) -> float | None:
-    for c in loss_components(loss_fn):
-        if hasattr(c, "reference_policy_kl_penalty"):
-            return float(c.reference_policy_kl_penalty)
-    return None
+    owner = _beta_owner(loss_fn)
+    return None if owner is None else float(owner.reference_policy_kl_penalty)
 
 
 def set_beta(loss_fn, value: float) -> None:
-    for c in loss_components(loss_fn):
-        if hasattr(c, "reference_policy_kl_penalty"):
-            c.reference_policy_kl_penalty = float(value)
+    owner = _beta_owner(loss_fn)
+    if owner is not None:
+        owner.reference_policy_kl_penalty = float(value)

@@ -86,11 +86,6 @@ class _MainPlusAuxiliaries(ComposableLossFunction):
     def main(self):
         return self.components[0]
 
-    def __call__(self, batch, model_outputs):
-        total, metrics = super().__call__(batch, model_outputs)
-        metrics["total_loss"] = total.detach()
-        return total, metrics
-
 
 @LossFunctionRegistry.register("multi_objective_dpo")
 class MultiObjectiveDPOLossFn(_MainPlusAuxiliaries):
@@ -189,8 +184,7 @@ class DynamicMultiObjectiveLossFn(ComposableLossFunction):
         else:
             total = sum(w * t for w, t in zip(self.weights, terms))
             effective = self.weights
-        metrics.update({f"weight/{n}": float(w) for n, w in zip(self.names, effective)})
-        metrics["total_loss"] = total.detach()
+        metrics.update({f"weight/{n}": w for n, w in zip(self.names, effective)})
         return total, metrics
 
     def on_step_end(self, metrics: Mapping[str, float]) -> None:
