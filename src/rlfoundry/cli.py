@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rlfoundry.errors import RLFoundryError
+from rlfoundry.errors import ConfigError, RLFoundryError
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "dpo_tiny.yaml"
 
@@ -30,19 +30,49 @@ def _train(args) -> int:
     return 0
 
 
-def _list(args) -> int:
+def registries() -> dict[str, dict[str, str]]:
+    """Every extension point, name -> one-line doc, by kind (built-ins and plugins)."""
+    from rlfoundry.algorithms.advantages import ADVANTAGE_ESTIMATORS
+    from rlfoundry.algorithms.grouping import GROUPINGS
     from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
     from rlfoundry.algorithms.trainer_registry import TRAINERS, load_builtin_trainers
-    from rlfoundry.plugins import import_plugins
+    from rlfoundry.rewards import REWARDS
+    from rlfoundry.training.schedules import SCHEDULES
 
     load_builtin_trainers()
+    return {"algorithms": TRAINERS.describe(), "losses": LossFunctionRegistry.describe(),
+            "advantage estimators": ADVANTAGE_ESTIMATORS.describe(),
+            "grouping strategies": GROUPINGS.describe(), "rewards": REWARDS.describe(),
+            "schedules": SCHEDULES.describe()}
+
+
+def _list(args) -> int:
+    from rlfoundry.plugins import import_plugins
+
     import_plugins(args.plugins)
-    for kind, described in (("algorithms", TRAINERS.describe()),
-                            ("losses", LossFunctionRegistry.describe())):
+    for kind, described in registries().items():
+        if args.kind and kind.split()[0] != args.kind:
+            continue
         print(f"{kind}:")
         for name, doc in described.items():
             print(f"  {name:<24} {doc}")
     return 0
+
+
+def _check_loss(args) -> int:
+    import yaml
+
+    from rlfoundry.loss_check import check_loss, loss_factory
+
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--option expects key=value, got '{item}'")
+        options[key] = yaml.safe_load(value)
+    report = check_loss(loss_factory(args.loss, options), args.kind)
+    print(report.format())
+    return 0 if report.passed else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML config file (omit for the built-in DPO demo)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=1e-5")
     p.set_defaults(func=_train)
-    p = sub.add_parser("list", help="list registered algorithms and losses")
+    p = sub.add_parser("list", help="list everything registered (algorithms, losses, advantages, "
+                       "groupings, rewards, schedules), built-in and from plugins")
+    p.add_argument("kind", nargs="?", choices=["algorithms", "losses", "advantage", "grouping",
+                                               "rewards", "schedules"], help="only this kind")
     p.add_argument("--plugins", nargs="*", default=[], help="plugin modules/files to import first")
     p.set_defaults(func=_list)
+    p = sub.add_parser("check-loss", help="run a loss on random and edge-case batches and report problems",
+                       description="Checks: finite loss (random, equal log-probs, large magnitudes, "
+                       "empty masks, batch of one), gradients reach the policy inputs, float64 "
+                       "gradcheck, mean invariant to batch size, metric types. Exit 1 on failure.")
+    p.add_argument("loss", help="module:Name, path/to/file.py:Name, or a registered loss name")
+    p.add_argument("-o", "--option", action="append", default=[], help="loss option key=value (repeatable)")
+    p.add_argument("--kind", default="auto", choices=["auto", "preference", "policy"],
+                   help="inputs as the DPO trainer (preference) or GRPO trainer (policy) passes them")
+    p.set_defaults(func=_check_loss)
     return parser
 
 

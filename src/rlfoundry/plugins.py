@@ -1,4 +1,10 @@
-"""Import user plugins (modules or .py files) so their registrations exist before a run is built."""
+"""Import user plugins so their registrations exist before a run is built.
+
+Two ways in: ``plugins: [my_package.my_losses, ./path/to/file.py]`` in a config (or
+``rlfoundry list --plugins ...``), and installed packages that declare an entry point in the
+``rlfoundry.plugins`` group (``[project.entry-points."rlfoundry.plugins"] my_losses =
+"my_package.my_losses"``), which are imported automatically.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,32 @@ from pathlib import Path
 from rlfoundry.errors import ConfigError
 
 _loaded: set[str] = set()
+ENTRY_POINT_GROUP = "rlfoundry.plugins"
+
+
+def import_entry_point_plugins() -> list[str]:
+    """Import every installed ``rlfoundry.plugins`` entry point once; return their names."""
+    from importlib.metadata import entry_points
+
+    names = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        key = f"entry-point:{ep.value}"
+        names.append(ep.name)
+        if key in _loaded:
+            continue
+        try:
+            ep.load()
+        except Exception as e:
+            raise ConfigError(f"plugin entry point '{ep.name} = {ep.value}' (group {ENTRY_POINT_GROUP}) "
+                              f"failed to import: {type(e).__name__}: {e}") from e
+        _loaded.add(key)
+    return names
 
 
 def import_plugins(specs: list[str]) -> None:
-    """Import each ``package.module`` or ``path/to/file.py`` once; errors name the plugin."""
+    """Import the entry-point plugins, then each ``package.module`` or ``path/to/file.py``
+    once; errors name the plugin."""
+    import_entry_point_plugins()
     for spec in specs:
         if spec in _loaded:
             continue
