@@ -201,7 +201,10 @@ class Trainer:
             loss_sum = loss_sum + loss.detach() * weight
             acc.add({k: v for k, v in metrics.items() if k != "loss"}, share)
         params = self.trainable_parameters()
-        max_norm = self.config.training.max_grad_norm or float("inf")
+        # a loss may carry its own clipping threshold (see ClippedLossFunction); clipping
+        # itself always happens here, after every micro-batch's backward
+        max_norm = (getattr(self.loss_fn, "max_grad_norm", None) or self.config.training.max_grad_norm
+                    or float("inf"))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         acc.add({"loss": loss_sum, "grad_norm": grad_norm}, 1.0)
         metrics = acc.result()
