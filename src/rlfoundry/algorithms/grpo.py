@@ -4,16 +4,25 @@ One rollout batch feeds ``num_iterations`` (mu) optimizer steps. Override points
 seed's ``CustomGRPOTrainer`` / ``DialogueGRPOTrainer`` patterns work by subclassing:
 
 - ``form_groups(batch_size, group_size, **context)`` -> list of index tensors (default: the
-  configured grouping strategy; context has prompt_index, rewards, step, total_steps, ...);
+  configured grouping strategy; context has prompt_index, rewards, step, total_steps,
+  columns, prompts, responses, embed, and embeddings when the strategy needs them or the
+  override names an ``embeddings`` parameter);
 - ``compute_advantages(rewards, groups)`` -> advantages ``[N]``;
 - ``compute_loss(batch, model_outputs)`` -> ``(loss, metrics)`` (default: the configured loss);
 - ``train_step(batch)`` -> loss or ``(loss, metrics)``; ``batch`` holds the tensors plus the
   seed's names: ``policy_logps``, ``old_policy_logps``, ``advantages``, ``returns``,
-  ``value_preds`` (with a value head), ``responses`` (completion texts) and ``prompts``.
+  ``value_preds`` (with a value head), ``responses`` (completion texts) and ``prompts``;
+  ``group_id`` ``[B]`` (each sample's group in the rollout) and the rollout's ``num_groups``
+  and ``num_grouped`` (trained samples) for group-aware losses.
+
+A loss class may name the grouping it needs (``grouping = "dynamic"``, options in
+``grouping_options``/``grouping_defaults``, e.g. ``dynamic_grpo``): the trainer then forms
+groups with that strategy before computing advantages.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from typing import Any
@@ -21,7 +30,15 @@ from typing import Any
 import torch
 
 from rlfoundry.algorithms.advantages import compute_advantages
-from rlfoundry.algorithms.grouping import GROUPINGS, GroupingContext
+from rlfoundry.algorithms.grouping import (
+    GROUPINGS,
+    GroupingContext,
+    check_stages,
+    conversation_text,
+    group_quality_metrics,
+    needs_embeddings,
+)
+from rlfoundry.algorithms.grouping.embeddings import POLICY, encoder_path, load_encoder, mean_pool
 from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
 from rlfoundry.algorithms.reference import frozen_copy
 from rlfoundry.algorithms.trainer_registry import TRAINERS
@@ -90,10 +107,7 @@ class GRPOTrainer(Trainer):
                 resolve_reward(spec.name, spec.args)
             except ConfigError as e:
                 raise ConfigError(f"algorithm.rewards[{i}]: {e}") from None
-        try:
-            GROUPINGS.get(algo.group_strategy or "by_prompt")
-        except ConfigError as e:
-            raise ConfigError(f"algorithm.group_strategy: {e}") from None
+        check_grouping(*resolve_grouping(algo, LossFunctionRegistry.build(loss)))
         g = algo.group_size or algo.num_generations or DEFAULT_GROUP_SIZE
         samples = cfg.training.batch_size * g
         micro = cfg.training.micro_batch_size
@@ -110,7 +124,9 @@ class GRPOTrainer(Trainer):
         s = algo.sampling
         self.sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, list(s.stop_strings))
         self.reward_fns = self._reward_functions(reward_fns)
-        self.grouping = GROUPINGS.get(algo.group_strategy or "by_prompt")
+        self.grouping_name, self.grouping_options = resolve_grouping(algo, self.loss_fn)
+        self.grouping = GROUPINGS.get(self.grouping_name)
+        self._encoder = None
         self.rollout = rollout_backend or HFSampler(self.model, self.tokenizer)
         self.sampling_generator = torch.Generator(self.device).manual_seed(self.config.training.seed)
         self.ref_model = frozen_copy(self.model) if getattr(self.loss_fn, "requires_reference", False) else None
@@ -155,11 +171,23 @@ class GRPOTrainer(Trainer):
     # ---- hooks ---------------------------------------------------------------------------
     def form_groups(self, batch_size: int, group_size: int | None = None, **context) -> list[torch.Tensor]:
         """Groups of sample indices for this rollout (the configured grouping strategy)."""
-        ctx = GroupingContext(num_samples=batch_size, group_size=group_size or self.group_size,
-                              options=self.config.algorithm.grouping.model_dump(),
-                              generator=self.sampling_generator if self.device.type == "cpu" else None,
-                              **context)
-        return self.grouping(ctx)
+        return self.grouping(self.grouping_context(batch_size, group_size, **context))
+
+    def grouping_context(self, batch_size: int, group_size: int | None = None,
+                         **context) -> GroupingContext:
+        """The ``GroupingContext`` the configured strategy sees (options from the config)."""
+        return GroupingContext(num_samples=batch_size, group_size=group_size or self.group_size,
+                               options=dict(self.grouping_options),
+                               generator=self.sampling_generator if self.device.type == "cpu" else None,
+                               **context)
+
+    def wants_embeddings(self, batch_size: int, **context) -> bool:
+        """Whether this rollout needs sample embeddings: the strategy asks for them, or a
+        ``form_groups`` override names an ``embeddings`` parameter."""
+        if type(self).form_groups is not GRPOTrainer.form_groups:
+            if "embeddings" in inspect.signature(self.form_groups).parameters:
+                return True
+        return needs_embeddings(self.grouping, self.grouping_context(batch_size, **context))
 
     def compute_advantages(self, rewards: torch.Tensor, groups: list[torch.Tensor]):
         """Advantages ``[N]`` (and group statistics) from the configured estimator."""
@@ -202,13 +230,18 @@ class GRPOTrainer(Trainer):
                                  sample_ids=[f"{ex.location}#{i % self.group_size}" for i, ex in enumerate(examples)])
         rewards = result.total
         n = len(responses)
-        embeddings = self.embed(rollout) if getattr(self.grouping, "needs_embeddings", False) else None
-        groups = call_with_accepted(
-            self.form_groups, n, self.group_size,
-            prompt_index=torch.tensor(rollout.prompt_index), rewards=rewards, step=self.step,
-            total_steps=self.total_steps, columns=columns, embeddings=embeddings)
-        groups = [torch.as_tensor(g, dtype=torch.long) for g in groups if len(g) > 0]
+        context = dict(prompt_index=torch.tensor(rollout.prompt_index), rewards=rewards,
+                       step=self.step, total_steps=self.total_steps, columns=columns,
+                       prompts=[ex.prompt for ex in examples], responses=responses,
+                       embed=self.embed_texts)
+        embeddings = None
+        if self.wants_embeddings(n, **context):
+            embeddings = self.embed(rollout, [ex.prompt for ex in examples], responses)
+        groups = call_with_accepted(self.form_groups, n, self.group_size, **context,
+                                    embeddings=embeddings)
+        groups = [torch.as_tensor(g, dtype=torch.long).reshape(-1) for g in groups if len(g) > 0]
         advantages, stats = as_advantages(self.compute_advantages(rewards, groups))
+        stats.update(group_quality_metrics(groups, n, rewards, embeddings))
         group_of = torch.full((n,), -1, dtype=torch.long)
         for k, g in enumerate(groups):
             group_of[g] = k
@@ -217,17 +250,52 @@ class GRPOTrainer(Trainer):
                     stats=stats, columns=columns, group_of=group_of)
 
     @torch.no_grad()
-    def embed(self, rollout: Rollout) -> torch.Tensor:
-        """Mean-pooled last hidden states of each sample's completion tokens ``[N, H]``."""
+    def embed(self, rollout: Rollout, prompts: list[Any] | None = None,
+              responses: list[str] | None = None) -> torch.Tensor:
+        """Sample embeddings ``[N, D]`` for grouping, from ``algorithm.grouping.embedding``:
+        the policy's last hidden states mean-pooled over each sample's completion tokens (or
+        prompt and completion, ``embedding_text``), or a sentence encoder's embedding of the
+        completion text (or prompt text + completion)."""
+        whole = self.grouping_options["embedding_text"] == "prompt_completion"
+        if self.grouping_options["embedding"] != POLICY:
+            if responses is None:
+                responses = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+            texts = list(responses)
+            if whole:
+                if prompts is None:
+                    raise ValueError("embedding_text 'prompt_completion' needs the prompts")
+                texts = [conversation_text(p) + "\n" + r for p, r in zip(prompts, responses)]
+            return self.embed_texts(texts)
         ids, attn, comp = pad_prompt_completions(rollout.prompt_ids, rollout.completion_ids,
                                                  self.tokenizer.pad_token_id or 0)
+        return self._policy_pool(ids, attn if whole else comp, attn)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """Embeddings ``[len(texts), D]`` of arbitrary texts from the configured source (the
+        policy: its hidden states mean-pooled over the text's tokens)."""
+        spec = self.grouping_options["embedding"]
+        if not texts:
+            return torch.zeros(0, 0)
+        if spec != POLICY:
+            if self._encoder is None:
+                self._encoder = load_encoder(spec, str(self.device))
+            return self._encoder(list(texts))
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] or [self.tokenizer.pad_token_id or 0]
+               for t in texts]
+        padded, attn, _ = pad_prompt_completions(ids, [[] for _ in ids], self.tokenizer.pad_token_id or 0)
+        return self._policy_pool(padded, attn, attn)
+
+    def _policy_pool(self, ids: torch.Tensor, pool_mask: torch.Tensor,
+                     attention: torch.Tensor) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
-        hidden = self.model.base_model(input_ids=ids.to(self.device),
-                                       attention_mask=attn.to(self.device)).last_hidden_state
-        self.model.train(was_training)
-        w = comp.to(hidden.device, hidden.dtype).unsqueeze(-1)
-        return ((hidden * w).sum(1) / w.sum(1).clamp(min=1)).float().cpu()
+        try:
+            hidden = self.model.base_model(input_ids=ids.to(self.device),
+                                           attention_mask=attention.to(self.device)).last_hidden_state
+        finally:
+            self.model.train(was_training)
+        return mean_pool(hidden, pool_mask.to(hidden.device)).float().cpu()
 
     def make_rollout(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
         """One training batch of samples (DAPO dynamic sampling refills dropped groups)."""
@@ -252,7 +320,10 @@ class GRPOTrainer(Trainer):
         if not samples:
             raise DataError(f"step {self.step + 1}: no sample has a reward inside a group; "
                             "nothing to train on (check the reward functions and grouping)")
-        return self._to_buffer(samples), metrics
+        buffer = self._to_buffer(samples)
+        buffer["num_groups"] = int(buffer["group_id"].unique().numel())  # of the trained samples
+        buffer["num_grouped"] = len(samples)
+        return buffer, metrics
 
     def _rollout_metrics(self, r: dict[str, Any]) -> dict[str, Any]:
         ro: Rollout = r["rollout"]
@@ -346,6 +417,8 @@ class GRPOTrainer(Trainer):
         for key, value in buf.items():
             if isinstance(value, list):
                 batch[key] = [value[i] for i in indices]
+            elif not isinstance(value, torch.Tensor):  # rollout-level numbers (num_groups, ...)
+                batch[key] = value
             elif value.dim() == 2 and key != "target_embeddings":  # [N, T] sequence-aligned
                 batch[key] = value[idx, : width if value.shape[1] == buf["input_ids"].shape[1] else width - 1]
             else:
@@ -428,6 +501,44 @@ class GRPOTrainer(Trainer):
         self.sampling_generator.set_state(state["sampling_generator"])
         if self.value_head is not None and state.get("value_head") is not None:
             self.value_head.load_state_dict(state["value_head"])
+
+
+def resolve_grouping(algo, loss_fn) -> tuple[str, dict[str, Any]]:
+    """The grouping strategy name and options for a run: ``algorithm.group_strategy`` and
+    ``algorithm.grouping``, unless the loss names a grouping of its own (``loss_fn.grouping``),
+    whose ``grouping_options`` (set in ``algorithm.loss``) and ``grouping_defaults`` then apply;
+    a value set in both places must agree."""
+    name, options = algo.group_strategy or "by_prompt", algo.grouping.model_dump()
+    wanted = getattr(loss_fn, "grouping", None)
+    if wanted is None:
+        return name, options
+    if algo.group_strategy not in (None, wanted):
+        raise ConfigError(f"algorithm.group_strategy: '{algo.group_strategy}' conflicts with the "
+                          f"loss, which forms its own groups with strategy '{wanted}'; remove "
+                          "group_strategy or use another loss type")
+    explicit = algo.grouping.model_fields_set
+    for key, value in getattr(loss_fn, "grouping_defaults", {}).items():
+        if key not in explicit:
+            options[key] = value
+    for key, value in getattr(loss_fn, "grouping_options", {}).items():
+        if key in explicit and options[key] != value:
+            raise ConfigError(f"algorithm.loss.{key}={value} and algorithm.grouping.{key}="
+                              f"{options[key]} disagree; keep one")
+        options[key] = value
+    return wanted, options
+
+
+def check_grouping(name: str, options: dict[str, Any]) -> None:
+    """Reject an unknown strategy, bad adaptive stages or an unusable embedding source at
+    config load."""
+    try:
+        GROUPINGS.get(name)
+    except ConfigError as e:
+        raise ConfigError(f"algorithm.group_strategy: {e}") from None
+    if name == "adaptive":
+        check_stages(options["stages"])
+    if options["embedding"] != POLICY:
+        encoder_path(options["embedding"])
 
 
 def as_advantages(result) -> tuple[torch.Tensor, dict[str, Any]]:

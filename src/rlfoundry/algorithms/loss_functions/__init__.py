@@ -3,6 +3,10 @@
 from rlfoundry.algorithms.loss_functions import objectives  # noqa: F401  (registers objectives)
 from rlfoundry.algorithms.loss_functions.composite import ComposableLossFunction, CompositeLossFn
 from rlfoundry.algorithms.loss_functions.dpo import DPO_LOSS_TYPES, DPOLossConfig, DPOLossFn
+from rlfoundry.algorithms.loss_functions.dynamic_grpo import (
+    DynamicGRPOLossConfig,
+    DynamicGRPOLossFn,
+)
 from rlfoundry.algorithms.loss_functions.grpo import GRPO_LOSS_TYPES, GRPOLossConfig, GRPOLossFn
 from rlfoundry.algorithms.loss_functions.multi_objective import (
     DynamicMultiObjectiveLossFn,
@@ -21,6 +25,8 @@ __all__ = [
     "DPO_LOSS_TYPES",
     "DPOLossConfig",
     "DPOLossFn",
+    "DynamicGRPOLossConfig",
+    "DynamicGRPOLossFn",
     "GRPO_LOSS_TYPES",
     "GRPOLossConfig",
     "GRPOLossFn",
