@@ -442,6 +442,7 @@ class GRPOTrainer(Trainer):
         batch["response_mask"] = out.mask
         batch["entropy"] = out.entropy
         batch["old_policy_logps"] = batch.get("old_logprobs")
+        batch["value_preds"] = None  # the seed's train_step reads it; None without a value head
         if self.value_head is not None:
             last = batch["attention_mask"].sum(-1) - 1
             hidden = out.hidden[torch.arange(len(last), device=last.device), last]
