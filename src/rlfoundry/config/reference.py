@@ -37,12 +37,21 @@ def render(model: type[BaseModel] = RunConfig, prefix: str = "") -> str:
     rows, sections = [], []
     for name, field in model.model_fields.items():
         sub = _sub_model(field.annotation)
-        if sub is not None:
+        is_list = typing.get_origin(field.annotation) is list
+        if sub is not None and not is_list:
             sections.append(render(sub, f"{prefix}{name}."))
             continue
-        default = field.get_default(call_default_factory=True)
+        if sub is not None:  # a list of sections: a row for the list, a section for an item
+            sections.append(render(sub, f"{prefix}{name}[]."))
+        if field.is_required():
+            default = "required"
+        else:
+            value = field.get_default(call_default_factory=True)
+            if is_list and sub is not None:
+                value = [item.model_dump() for item in value]
+            default = repr(value)
         doc = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{prefix}{name}` | `{_type_name(field.annotation)}` | `{default!r}` | {doc} |")
+        rows.append(f"| `{prefix}{name}` | `{_type_name(field.annotation)}` | `{default}` | {doc} |")
     out = ""
     if rows:
         title = prefix.rstrip(".") or "top level"
