@@ -73,8 +73,8 @@ def main(overrides: list[str] | None = None) -> dict[str, float]:
           f"mean size={metrics['group/mean_size']:.1f}, grad_norm={metrics['grad_norm']:.3g}")
     buffer = trainer.buffer
     print("groups of the last rollout (conversation: samples, distinct follow-ups):")
-    for k in buffer["group_ids"].unique().tolist():
-        members = [i for i, g in enumerate(buffer["group_ids"].tolist()) if g == k]
+    for k in buffer["group_id"].unique().tolist():
+        members = [i for i, g in enumerate(buffer["group_id"].tolist()) if g == k]
         names = {conversation_of(buffer["prompts"][i]) for i in members}
         questions = {buffer["prompts"][i] for i in members}
         print(f"  group {k}: {'/'.join(sorted(names))}: {len(members)} samples, "

@@ -14,7 +14,7 @@ from tests.test_grpo_trainer import config, records, trainer64
 
 
 def groups_of(buffer) -> list[torch.Tensor]:
-    ids = buffer["group_ids"]
+    ids = buffer["group_id"]
     return [torch.nonzero(ids == k).flatten() for k in ids.unique()]
 
 
@@ -28,7 +28,7 @@ def test_dynamic_grpo_forms_groups_before_the_advantages(tmp_path):
     groups = groups_of(t.buffer)
     assert max(len(g) for g in groups) <= 3 and metrics["group/max_size"] <= 3
     assert metrics["num_dynamic_groups"] == len(groups)
-    assert metrics["avg_group_size"] == pytest.approx(len(t.buffer["group_ids"]) / len(groups))
+    assert metrics["avg_group_size"] == pytest.approx(len(t.buffer["group_id"]) / len(groups))
     # the trained advantages are GRPO's over exactly these groups
     expected = grpo_advantages(t.buffer["returns"].double(), groups).float()
     assert torch.allclose(t.buffer["advantages"], expected, atol=1e-6)
@@ -83,12 +83,12 @@ def test_adaptive_embeds_only_in_its_semantic_stage(tmp_path):
     assert ["group/cohesion" in r for r in recs] == [False, False, False, True]
 
 
-def test_group_ids_and_counts_reach_the_loss(tmp_path):
+def test_group_id_and_counts_reach_the_loss(tmp_path):
     seen = []
 
     class Spy(GRPOTrainer):
         def train_step(self, batch):
-            seen.append((batch["group_ids"].tolist(), batch["num_groups"], batch["num_grouped"]))
+            seen.append((batch["group_id"].tolist(), batch["num_groups"], batch["num_grouped"]))
             return super().train_step(batch)
 
     t = trainer64(config(tmp_path, max_steps=1, micro_batch_size=2), cls=Spy)

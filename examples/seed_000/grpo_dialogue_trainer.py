@@ -8,7 +8,7 @@ user's name). The seed leaves its helpers undefined and calls ``form_dialogue_gr
 - groups must exist before the advantages are computed, so the trainer's ``form_groups``
   hook calls ``form_dialogue_groups``; ``train_step`` (which the seed called with a missing
   ``batch_size``, after the advantages were fixed) takes those groups from the batch's
-  ``group_ids`` instead of forming new ones;
+  ``group_id`` instead of forming new ones;
 - ``extract_contexts``: each response's conversation context, the chat before its last user
   turn (``rlfoundry.algorithms.grouping.conversation_context``); ``encode_contexts``: the
   trainer's text embeddings (``algorithm.grouping.embedding``: the policy's mean-pooled
@@ -120,7 +120,7 @@ class DialogueGRPOTrainer(GRPOTrainer):
         # Form dialogue-specific groups
         # fix: the seed called form_dialogue_groups(batch['responses']) here (missing
         # batch_size, and too late to shape the advantages); use the groups formed above
-        ids = batch["group_ids"]
+        ids = batch["group_id"]
         groups = [torch.nonzero(ids == g).flatten() for g in ids.unique()]
         self._batch = batch
 

@@ -38,7 +38,7 @@ from rlfoundry.algorithms.grouping import (
     group_quality_metrics,
     needs_embeddings,
 )
-from rlfoundry.algorithms.grouping.embeddings import POLICY, encoder_path, load_encoder, mean_pool
+from rlfoundry.algorithms.grouping.embeddings import POLICY, encoder_path, load_encoder
 from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
 from rlfoundry.algorithms.reference import frozen_copy
 from rlfoundry.algorithms.trainer_registry import TRAINERS
@@ -295,7 +295,7 @@ class GRPOTrainer(Trainer):
                                            attention_mask=attention.to(self.device)).last_hidden_state
         finally:
             self.model.train(was_training)
-        return mean_pool(hidden, pool_mask.to(hidden.device)).float().cpu()
+        return response_embeddings(hidden, pool_mask.to(hidden.device)).float().cpu()
 
     def make_rollout(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
         """One training batch of samples (DAPO dynamic sampling refills dropped groups)."""
@@ -508,8 +508,12 @@ def resolve_grouping(algo, loss_fn) -> tuple[str, dict[str, Any]]:
     """The grouping strategy name and options for a run: ``algorithm.group_strategy`` and
     ``algorithm.grouping``, unless the loss names a grouping of its own (``loss_fn.grouping``),
     whose ``grouping_options`` (set in ``algorithm.loss``) and ``grouping_defaults`` then apply;
-    a value set in both places must agree."""
+    a value set in both places must agree. In a composite loss the first component that names
+    a grouping decides."""
+    from rlfoundry.training.schedules import loss_components
+
     name, options = algo.group_strategy or "by_prompt", algo.grouping.model_dump()
+    loss_fn = next((c for c in loss_components(loss_fn) if getattr(c, "grouping", None)), None)
     wanted = getattr(loss_fn, "grouping", None)
     if wanted is None:
         return name, options

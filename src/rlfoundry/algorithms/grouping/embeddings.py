@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from rlfoundry.errors import ConfigError
+from rlfoundry.ops.lm_head import response_embeddings as mean_pool
 
 POLICY = "policy"
 # distribution name -> import name of packages that ship an encoder (and get_model_path())
@@ -38,12 +39,6 @@ def encoder_path(spec: str, path: str = "algorithm.grouping.embedding") -> Path:
                           f"({', '.join(PACKAGED_ENCODERS)}) nor a directory with a Hugging Face "
                           "model (config.json)")
     return directory
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden`` ``[B, T, D]`` over the positions where ``mask`` ``[B, T]`` is 1."""
-    w = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
 
 
 class SentenceEncoder:
