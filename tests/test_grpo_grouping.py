@@ -70,6 +70,8 @@ def test_grouping_config_errors_name_the_key(tmp_path):
         load_config(cfg(embedding=str(tmp_path / "nowhere")))
     with pytest.raises(ConfigError, match=r"algorithm\.grouping\.leftovers"):
         load_config(cfg(leftovers="keep"))
+    with pytest.raises(ConfigError, match=r"min_group_size \(3\) is larger than max_group_size \(2\)"):
+        load_config(cfg(min_group_size=3, max_group_size=2))
 
 
 def test_adaptive_embeds_only_in_its_semantic_stage(tmp_path):

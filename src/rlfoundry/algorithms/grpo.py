@@ -542,6 +542,10 @@ def check_grouping(name: str, options: dict[str, Any]) -> None:
         raise ConfigError(f"algorithm.group_strategy: {e}") from None
     if name == "adaptive":
         check_stages(options["stages"])
+    low, high = options["min_group_size"], options["max_group_size"]
+    if high is not None and low > high:
+        raise ConfigError(f"algorithm.grouping.min_group_size ({low}) is larger than "
+                          f"max_group_size ({high}): every group would be a leftover")
     if options["embedding"] != POLICY:
         encoder_path(options["embedding"])
 
