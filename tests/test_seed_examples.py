@@ -31,6 +31,8 @@ EXPECTED = {
     "seed_004/multi_objective_dpo_loss.py": r"'auxiliary_safety_loss': 0\.0\d*[1-9]",
     "seed_004/multi_objective_grpo_loss.py": r"'diversity_loss': -\d",
     "seed_004/dynamic_multi_objective_loss.py": r"seed weights:\s+(\{[^}]+\})\nbuilt-in weights: \1",
+    "seed_004/composed_dpo_grpo_loss.py": r"'adaptive_dpo/accuracy'[\s\S]*'dynamic_grpo/policy_loss'"
+                                          r"[\s\S]*held-out accuracy 0\.500 -> 0\.[6-9]",
     "seed_004/clipped_loss.py": r"trainer clipped at 0\.05 after backward",
     "seed_004/register_and_configure.py": r"loss class MyCustomDPOLossFn; adaptive_beta 0\.09",
     "seed_004/test_custom_loss_function.py": r"Loss: \d",
