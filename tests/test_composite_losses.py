@@ -66,7 +66,8 @@ def test_composite_with_mixed_reductions_scales_by_global_counts():
     loss, _ = comp(batch, outputs)
     dpo, _ = DPOLossFn({})(batch, outputs)
     nll = -outputs["logprobs"][:3][batch["response_mask"][:3]].sum() / chosen_tokens
-    assert float(loss) == pytest.approx(float(dpo) * 3 / 12 + 0.5 * float(nll) / 4, rel=1e-12)
+    assert float(loss.detach()) == pytest.approx(float(dpo.detach()) * 3 / 12 + 0.5 * float(nll.detach()) / 4,
+                                                 rel=1e-12)
 
 
 def test_nll_in_preference_batch_uses_chosen_rows_only():

@@ -11,6 +11,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # file -> regex its output must match (numbers are checked where the example asserts a result)
 EXPECTED = {
+    "seed_000/custom_grpo_loss.py": r"custom_grpo_loss: loss -?\d.*value_mse \d.*value head trained: True",
     "seed_000/dpo_custom_trainer.py": r"held-out accuracy 0\.500 -> 0\.(8|9)\d\d",
     "seed_000/dpo_math_reasoning_loss.py": r"math_reasoning_loss trained 6 steps",
     "seed_000/dpo_adaptive_beta_schedule.py": r"step 5: seed 0\.1250 built-in 0\.1250[\s\S]*"
