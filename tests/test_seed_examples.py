@@ -51,6 +51,7 @@ def workdir(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_seed_example_runs(name, workdir, capsys):
+    sys.path.insert(0, str((EXAMPLES / name).parent))  # as `python examples/...` would
     runpy.run_path(str(EXAMPLES / name), run_name="__main__")
     out = capsys.readouterr().out
     assert re.search(EXPECTED[name], out), out
