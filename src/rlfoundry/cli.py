@@ -18,6 +18,8 @@ def _train(args) -> int:
     cfg = load_config(args.config or DEFAULT_RECIPE, args.overrides)
     trainer = TRAINERS.get(cfg.algorithm.name)(config=cfg)
     metrics = trainer.train()
+    if not trainer.dist.is_main:  # under torchrun rank 0 reports
+        return 0
     before, after = trainer.initial_eval, trainer.last_eval
     print(f"\nfinished {trainer.step} steps of '{cfg.algorithm.name}'; model saved to "
           f"{trainer.output_dir / 'final'}; metrics in {trainer.output_dir / 'metrics.jsonl'}")
@@ -75,6 +77,14 @@ def _check_loss(args) -> int:
     return 0 if report.passed else 1
 
 
+def _export(args) -> int:
+    from rlfoundry.export import export
+
+    used = export(args.checkpoint, args.out_dir)
+    print(f"exported {used} to {args.out_dir} (loadable with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlfoundry", description="Post-train language models with DPO and GRPO.")
@@ -100,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="auto", choices=["auto", "preference", "policy"],
                    help="inputs as the DPO trainer (preference) or GRPO trainer (policy) passes them")
     p.set_defaults(func=_check_loss)
+    p = sub.add_parser("export", help="write a checkpoint as one Hugging Face model directory",
+                       description="Merge LoRA adapters / gather FSDP2 shards of a checkpoint (or "
+                       "of a run directory's newest checkpoint) into a plain HF directory.")
+    p.add_argument("checkpoint", help="checkpoint directory or run output_dir")
+    p.add_argument("out_dir", help="directory to write")
+    p.set_defaults(func=_export)
     return parser
 
 

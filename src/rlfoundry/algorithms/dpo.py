@@ -30,8 +30,8 @@ from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
 from rlfoundry.algorithms.loss_functions.dpo import preference_accuracy
 from rlfoundry.algorithms.reference import (
     ReferenceTable,
+    build_reference,
     examples_fingerprint,
-    frozen_copy,
     sequence_logps,
 )
 from rlfoundry.algorithms.trainer_registry import TRAINERS
@@ -41,6 +41,7 @@ from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import ConfigError
 from rlfoundry.ops.lm_head import response_embeddings, token_logprobs
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
+from rlfoundry.training.distributed import shard_range
 from rlfoundry.training.metrics import WeightedMean
 from rlfoundry.training.schedules import get_beta
 
@@ -113,7 +114,7 @@ class DPOTrainer(Trainer):
         self.ref_model, self.ref_tables = None, {}
         if not getattr(self.loss_fn, "requires_reference", True):
             return
-        ref = frozen_copy(self.model)
+        ref = build_reference(self.model)  # a frozen copy, or the LoRA policy's adapter off
         if not self.config.reference.precompute:
             self.ref_model = ref
             return
@@ -122,11 +123,17 @@ class DPOTrainer(Trainer):
         for split, pairs in (("train", self.train_pairs), ("eval", self.eval_pairs)):
             if not pairs:
                 continue
-            batches = (self.collate(list(range(i, min(i + size, len(pairs)))), pairs)
-                       for i in range(0, len(pairs), size))
             key = examples_fingerprint([(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs])
-            self.ref_tables[split] = ReferenceTable.build(ref, batches, len(pairs), cache, key)
+            with self.autocast():
+                self.ref_tables[split] = ReferenceTable.build(
+                    ref, self._chunks(len(pairs), size, pairs), len(pairs), cache, key)
         del ref  # the reference model is not held during training
+
+    def _chunks(self, n: int, size: int, pairs):
+        """Collated batches of ``size`` over this rank's contiguous share of ``pairs``."""
+        share = shard_range(n, self.dist.rank, self.dist.world_size)
+        return (self.collate(list(range(i, min(i + size, share.stop))), pairs)
+                for i in range(share.start, share.stop, size))
 
     def reference_logps(self, batch: dict[str, Any]):
         """(chosen, rejected) reference log-probs for a collated batch, or (None, None)."""
@@ -134,7 +141,8 @@ class DPOTrainer(Trainer):
             return self.ref_tables[batch["split"]].lookup(batch["index"], self.device)
         if self.ref_model is None:
             return None, None
-        logps = sequence_logps(self.ref_model, batch)
+        with torch.no_grad():  # through the wrapper: a LoRA reference is the (sharded) policy
+            logps = self.forward_policy(_live_reference_logps, self.ref_model, batch)
         b = batch["num_sequences"]
         return logps[:b], logps[b:]
 
@@ -143,8 +151,8 @@ class DPOTrainer(Trainer):
         batch = self.to_device(batch)
         b = batch["num_sequences"]
         hidden = "hidden" in getattr(self.loss_fn, "requires", ())
-        out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                             return_hidden=hidden)
+        out = self.forward_policy(token_logprobs, batch["input_ids"], batch["attention_mask"],
+                                  batch["loss_mask"], return_hidden=hidden)
         logps = out.sequence_sums()
         batch["policy_chosen_logps"], batch["policy_rejected_logps"] = logps[:b], logps[b:]
         batch["reference_chosen_logps"], batch["reference_rejected_logps"] = self.reference_logps(batch)
@@ -178,7 +186,8 @@ class DPOTrainer(Trainer):
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out preference accuracy, reward gap and loss (weighted over all eval pairs)."""
+        """Held-out preference accuracy, reward gap and loss (weighted over all eval pairs;
+        each rank scores its share)."""
         if not self.eval_pairs:
             return {}
         was_training = self.model.training
@@ -186,12 +195,16 @@ class DPOTrainer(Trainer):
         acc = WeightedMean()
         size = self.config.training.micro_batch_size or self.config.training.batch_size
         n = len(self.eval_pairs)
-        for start in range(0, n, size):
-            batch = self.collate(list(range(start, min(start + size, n))), self.eval_pairs)
+        for batch in self._chunks(n, size, self.eval_pairs):
             loss, metrics = self.micro_step(batch)
             acc.add({**metrics, "loss": loss}, batch["num_sequences"] / n)
         self.model.train(was_training)
-        return acc.result()
+        return acc.result(across_ranks=True)
+
+
+def _live_reference_logps(policy, ref, batch: dict[str, Any]) -> torch.Tensor:
+    """``sequence_logps`` of the reference, run inside the policy wrapper's forward."""
+    return sequence_logps(ref, batch)
 
 
 def _is_builtin(spec) -> bool:

@@ -18,10 +18,19 @@ seed's ``CustomGRPOTrainer`` / ``DialogueGRPOTrainer`` patterns work by subclass
 A loss class may name the grouping it needs (``grouping = "dynamic"``, options in
 ``grouping_options``/``grouping_defaults``, e.g. ``dynamic_grpo``): the trainer then forms
 groups with that strategy before computing advantages.
+
+Under torchrun each rank samples and scores its share of the step's prompts; the samples and
+rewards of all ranks are then gathered, rank 0 forms the groups (embedding the samples if the
+strategy needs it) and advantages from the global data and sends them to every rank, so
+group statistics, batch-level scaling and dynamic-sampling decisions are those of the whole
+batch. Every rank then holds the same global rollout buffer and trains on its contiguous
+share of it (old/reference log-probs are computed in shares and gathered); token-level
+losses are normalised by the global token count by the shared loop.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import time
@@ -40,7 +49,7 @@ from rlfoundry.algorithms.grouping import (
 )
 from rlfoundry.algorithms.grouping.embeddings import POLICY, encoder_path, load_encoder
 from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
-from rlfoundry.algorithms.reference import frozen_copy
+from rlfoundry.algorithms.reference import build_reference, reference_module
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.config import RunConfig
 from rlfoundry.data import PreferenceDataset, PromptDataset
@@ -50,8 +59,10 @@ from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.ops.lm_head import response_embeddings, token_logprobs
 from rlfoundry.rewards import compute_rewards, resolve_reward
-from rlfoundry.rollout import HFSampler, Rollout, SamplingParams
+from rlfoundry.rollout import HFSampler, Rollout, SamplingParams, concat_rollouts
+from rlfoundry.training import distributed
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
+from rlfoundry.training.distributed import shard_range
 from rlfoundry.training.metrics import WeightedMean
 
 DEFAULT_GROUP_SIZE = 4
@@ -62,6 +73,18 @@ LOSS_KEYS_AT_ALGORITHM_LEVEL = ("clip_ratio", "entropy_coef", "value_loss_coef")
 
 def _nanmean(x: torch.Tensor) -> torch.Tensor:
     return x.nanmean() if (~torch.isnan(x)).any() else x.new_tensor(0.0)
+
+
+def group_size_of(algo) -> int:
+    """``algorithm.group_size`` (or its alias ``num_generations``), default 4."""
+    return algo.group_size or algo.num_generations or DEFAULT_GROUP_SIZE
+
+
+def prompt_seed(seed: int, rollout_round: int, position: int) -> int:
+    """Seed of the generator for the prompt at ``position`` of the global batch of rollout
+    round ``rollout_round`` (``sampling.seed_per_prompt``): independent of the rank layout."""
+    digest = hashlib.sha256(f"{seed}/{rollout_round}/{position}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @TRAINERS.register("grpo")
@@ -108,18 +131,34 @@ class GRPOTrainer(Trainer):
             except ConfigError as e:
                 raise ConfigError(f"algorithm.rewards[{i}]: {e}") from None
         check_grouping(*resolve_grouping(algo, LossFunctionRegistry.build(loss)))
-        g = algo.group_size or algo.num_generations or DEFAULT_GROUP_SIZE
+        g = group_size_of(algo)
         samples = cfg.training.batch_size * g
         micro = cfg.training.micro_batch_size
         if micro and samples % micro:
             raise ConfigError(f"training.micro_batch_size ({micro}) must divide the samples per step: "
                               f"training.batch_size ({cfg.training.batch_size}) x group size ({g})")
 
+    @classmethod
+    def validate_world(cls, cfg: RunConfig, world_size: int) -> None:
+        """Every rank samples an equal share of the prompts and trains on an equal share of
+        the samples, in whole micro-batches."""
+        if world_size <= 1:
+            return
+        batch, micro, g = cfg.training.batch_size, cfg.training.micro_batch_size, group_size_of(cfg.algorithm)
+        if batch % world_size:
+            raise ConfigError(f"training.batch_size ({batch} prompts per step) must be a multiple of "
+                              f"WORLD_SIZE ({world_size}): each rank samples an equal share")
+        per_rank = batch // world_size * g
+        if micro and per_rank % micro:
+            raise ConfigError(f"training.micro_batch_size ({micro}) must divide each rank's samples: "
+                              f"training.batch_size ({batch}) / WORLD_SIZE ({world_size}) x group "
+                              f"size ({g}) = {per_rank}")
+
     def __init__(self, model=None, tokenizer=None, config=None, *, loss_fn=None,
                  reward_fns=None, rollout_backend=None):
         super().__init__(model, tokenizer, config, loss_fn=loss_fn)
         algo = self.config.algorithm
-        self.group_size = algo.group_size or algo.num_generations or DEFAULT_GROUP_SIZE
+        self.group_size = group_size_of(algo)
         self.num_iterations = algo.num_iterations
         s = algo.sampling
         self.sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, list(s.stop_strings))
@@ -128,8 +167,11 @@ class GRPOTrainer(Trainer):
         self.grouping = GROUPINGS.get(self.grouping_name)
         self._encoder = None
         self.rollout = rollout_backend or HFSampler(self.model, self.tokenizer)
-        self.sampling_generator = torch.Generator(self.device).manual_seed(self.config.training.seed)
-        self.ref_model = frozen_copy(self.model) if getattr(self.loss_fn, "requires_reference", False) else None
+        self.sampling_generator = torch.Generator(self.device).manual_seed(
+            self.config.training.seed + self.dist.rank)
+        self.rollout_round = 0  # counts sampling rounds (seeds per-prompt generators)
+        self.ref_model = (build_reference(self.model)
+                          if getattr(self.loss_fn, "requires_reference", False) else None)
         self.value_head = None
         if self.loss_fn.cfg.get("value_loss_coef", 0.0) > 0:
             hidden = self.model.config.hidden_size
@@ -155,6 +197,9 @@ class GRPOTrainer(Trainer):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         params = super().trainable_parameters()
         return params + (list(self.value_head.parameters()) if self.value_head is not None else [])
+
+    def extra_modules(self) -> list[torch.nn.Module]:
+        return [self.value_head] if self.value_head is not None else []
 
     # ---- data ----------------------------------------------------------------------------
     def setup_data(self, dataset=None, eval_dataset=None) -> int:
@@ -214,12 +259,29 @@ class GRPOTrainer(Trainer):
             self.buffer, self.rollout_metrics = self.make_rollout(self.sampler.next_batch())
             self.iteration = 0
         self.iteration += 1
-        return list(range(self.buffer["input_ids"].shape[0]))
+        return self.local_share(list(range(self.buffer["input_ids"].shape[0])))
 
     def _sample_round(self, prompt_indices: list[int]) -> dict[str, Any]:
-        """Sample, score, group and compute advantages for one set of prompts."""
-        rollout: Rollout = self.rollout.generate([self.train_prompts[i] for i in prompt_indices],
-                                                 self.group_size, self.sampling, self.sampling_generator)
+        """Sample and score one set of prompts (each rank its share), then group and compute
+        advantages over the samples of all ranks (rank 0 decides, every rank receives)."""
+        share = shard_range(len(prompt_indices), self.dist.rank, self.dist.world_size)
+        r = self._generate_and_score(prompt_indices, share)
+        self.rollout_round += 1
+        if self.dist.enabled:
+            r = self._gather_round(distributed.all_gather_object(r), prompt_indices)
+        with self.full_parameters():  # a strategy may embed samples with the policy
+            grouped = self._group(r, prompt_indices) if self.dist.is_main else None
+        r["groups"], r["advantages"], r["stats"], r["group_of"] = distributed.broadcast_object(grouped)
+        return r
+
+    def _generate_and_score(self, prompt_indices: list[int], share: range) -> dict[str, Any]:
+        """Completions and rewards of the prompts at positions ``share`` of the round."""
+        positions = list(share)
+        with self.full_parameters(), self.autocast():
+            rollout: Rollout = self.rollout.generate(
+                [self.train_prompts[prompt_indices[p]] for p in positions], self.group_size,
+                self.sampling, self._sampling_rng(positions))
+        rollout.prompt_index = [share.start + p for p in rollout.prompt_index]  # round positions
         examples = [self.train_set[prompt_indices[p]] for p in rollout.prompt_index]
         prompts = [render_prompt(self.tokenizer, ex.prompt) for ex in examples]
         responses = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
@@ -228,10 +290,28 @@ class GRPOTrainer(Trainer):
         result = compute_rewards(self.reward_fns, prompts, responses, columns,
                                  on_error=self.config.algorithm.reward_error,
                                  sample_ids=[f"{ex.location}#{i % self.group_size}" for i, ex in enumerate(examples)])
-        rewards = result.total
+        return dict(rollout=rollout, prompts=prompts, responses=responses, rewards=result.total,
+                    per_function=result.per_function, columns=columns)
+
+    def _gather_round(self, parts: list[dict[str, Any]], prompt_indices: list[int]) -> dict[str, Any]:
+        """The ranks' samples of one round as one round (rank order = single-process order)."""
+        rollout = concat_rollouts([p["rollout"] for p in parts])
+        columns = _columns([self.train_set[prompt_indices[p]] for p in rollout.prompt_index])
+        columns["completion_lengths"] = [len(c) for c in rollout.completion_ids]
+        return dict(rollout=rollout, prompts=[x for p in parts for x in p["prompts"]],
+                    responses=[x for p in parts for x in p["responses"]],
+                    rewards=torch.cat([p["rewards"] for p in parts]),
+                    per_function={k: torch.cat([p["per_function"][k] for p in parts])
+                                  for k in parts[0]["per_function"]},
+                    columns=columns)
+
+    def _group(self, r: dict[str, Any], prompt_indices: list[int]):
+        """``(groups, advantages, stats, group_of)`` of a whole round."""
+        rollout, rewards, responses = r["rollout"], r["rewards"], r["responses"]
+        examples = [self.train_set[prompt_indices[p]] for p in rollout.prompt_index]
         n = len(responses)
         context = dict(prompt_index=torch.tensor(rollout.prompt_index), rewards=rewards,
-                       step=self.step, total_steps=self.total_steps, columns=columns,
+                       step=self.step, total_steps=self.total_steps, columns=r["columns"],
                        prompts=[ex.prompt for ex in examples], responses=responses,
                        embed=self.embed_texts)
         embeddings = None
@@ -245,9 +325,15 @@ class GRPOTrainer(Trainer):
         group_of = torch.full((n,), -1, dtype=torch.long)
         for k, g in enumerate(groups):
             group_of[g] = k
-        return dict(rollout=rollout, prompts=prompts, responses=responses, rewards=rewards,
-                    per_function=result.per_function, groups=groups, advantages=advantages,
-                    stats=stats, columns=columns, group_of=group_of)
+        return groups, advantages, stats, group_of
+
+    def _sampling_rng(self, positions: list[int]):
+        """This rank's generator, or (``seed_per_prompt``) one generator per prompt."""
+        if not self.config.algorithm.sampling.seed_per_prompt:
+            return self.sampling_generator
+        seed = self.config.training.seed
+        return [torch.Generator(self.device).manual_seed(prompt_seed(seed, self.rollout_round, p))
+                for p in positions]
 
     @torch.no_grad()
     def embed(self, rollout: Rollout, prompts: list[Any] | None = None,
@@ -291,11 +377,16 @@ class GRPOTrainer(Trainer):
         was_training = self.model.training
         self.model.eval()
         try:
-            hidden = self.model.base_model(input_ids=ids.to(self.device),
-                                           attention_mask=attention.to(self.device)).last_hidden_state
+            hidden = self._body()(input_ids=ids.to(self.device),
+                                  attention_mask=attention.to(self.device)).last_hidden_state
         finally:
             self.model.train(was_training)
         return response_embeddings(hidden, pool_mask.to(hidden.device)).float().cpu()
+
+    def _body(self) -> torch.nn.Module:
+        """The policy's transformer body (hidden states), under a LoRA wrapper too."""
+        lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return lm.base_model
 
     def make_rollout(self, prompt_indices: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
         """One training batch of samples (DAPO dynamic sampling refills dropped groups)."""
@@ -365,8 +456,9 @@ class GRPOTrainer(Trainer):
             "group_id": torch.stack([r["group_of"][i] for r, i in samples]),
         }
         if "targets" in getattr(self.loss_fn, "requires", ()):
-            buffer.update(self._target_embeddings([r["columns"] for r, _ in samples],
-                                                  [i for _, i in samples]))
+            with self.full_parameters():
+                buffer.update(self._target_embeddings([r["columns"] for r, _ in samples],
+                                                      [i for _, i in samples]))
         if self.num_iterations > 1:
             buffer["old_logprobs"] = self._logprobs_of(self.model, buffer)
         if self.ref_model is not None:
@@ -385,24 +477,27 @@ class GRPOTrainer(Trainer):
                             "but no training row has it (set target_column)")
         ids = [self.tokenizer(str(t or ""), add_special_tokens=False)["input_ids"] for t in texts]
         ids_t, attn, mask = pad_prompt_completions([[] for _ in ids], ids, self.tokenizer.pad_token_id or 0)
-        hidden = self.model.base_model(input_ids=ids_t.to(self.device),
-                                       attention_mask=attn.to(self.device)).last_hidden_state
+        hidden = self._body()(input_ids=ids_t.to(self.device),
+                              attention_mask=attn.to(self.device)).last_hidden_state
         return {"target_embeddings": response_embeddings(hidden, mask.to(self.device)).float().cpu(),
                 "has_target": torch.tensor([t is not None for t in texts])}
 
     def _logprobs_of(self, model, buffer: dict[str, Any]) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        size = self.config.training.micro_batch_size or buffer["input_ids"].shape[0]
-        parts = []
-        for start in range(0, buffer["input_ids"].shape[0], size):
-            sl = slice(start, start + size)
-            out = token_logprobs(model, buffer["input_ids"][sl].to(self.device),
-                                 buffer["attention_mask"][sl].to(self.device),
-                                 buffer["loss_mask"][sl].to(self.device), temperature=self._temperature)
-            parts.append(out.logprobs.detach().cpu())
-        model.train(was_training)
-        return torch.cat(parts)
+        """Per-token log-probs of every buffer row under ``model`` (the policy or the
+        reference): each rank computes its share of the rows, then the shares are gathered."""
+        n = buffer["input_ids"].shape[0]
+        share = shard_range(n, self.dist.rank, self.dist.world_size)
+        size = self.config.training.micro_batch_size or n
+        parts = [torch.zeros((0, buffer["input_ids"].shape[1] - 1))]
+        with reference_module(model) as module, self.full_parameters(), self.autocast():
+            for start in range(share.start, share.stop, size):
+                sl = slice(start, min(start + size, share.stop))
+                out = token_logprobs(module, buffer["input_ids"][sl].to(self.device),
+                                     buffer["attention_mask"][sl].to(self.device),
+                                     buffer["loss_mask"][sl].to(self.device), temperature=self._temperature)
+                parts.append(out.logprobs.detach().cpu())
+        local = torch.cat(parts)
+        return torch.cat(distributed.all_gather_object(local)) if self.dist.enabled else local
 
     @property
     def _temperature(self) -> float:
@@ -431,24 +526,30 @@ class GRPOTrainer(Trainer):
 
     def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         batch = self.to_device(batch)
-        with_entropy = bool(self.loss_fn.cfg.get("entropy_coef", 0.0))
         embed = "hidden" in getattr(self.loss_fn, "requires", ())
-        out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                             with_entropy=with_entropy, return_hidden=self.value_head is not None or embed,
-                             temperature=self._temperature)
+        out, values = self.forward_policy(self._policy_forward, batch, embed)
         if embed:
             batch["response_embeddings"] = response_embeddings(out.hidden, batch["loss_mask"])
         batch["policy_logps"] = out.logprobs
         batch["response_mask"] = out.mask
         batch["entropy"] = out.entropy
         batch["old_policy_logps"] = batch.get("old_logprobs")
-        batch["value_preds"] = None  # the seed's train_step reads it; None without a value head
-        if self.value_head is not None:
-            last = batch["attention_mask"].sum(-1) - 1
-            hidden = out.hidden[torch.arange(len(last), device=last.device), last]
-            batch["value_preds"] = self.value_head(hidden).squeeze(-1).float()
+        batch["value_preds"] = values  # the seed's train_step reads it; None without a value head
         loss, metrics = as_loss_and_metrics(self.train_step(batch))
         return loss, metrics
+
+    def _policy_forward(self, model, batch: dict[str, Any], embed: bool):
+        """Token log-probs (entropy, hidden states as needed) of the batch, plus value
+        predictions with a value head: the training forward, run through DDP/FSDP2."""
+        with_entropy = bool(self.loss_fn.cfg.get("entropy_coef", 0.0))
+        out = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                             with_entropy=with_entropy, return_hidden=self.value_head is not None or embed,
+                             temperature=self._temperature)
+        if self.value_head is None:
+            return out, None
+        last = batch["attention_mask"].sum(-1) - 1
+        hidden = out.hidden[torch.arange(len(last), device=last.device), last]
+        return out, self.value_head(hidden).squeeze(-1).float()
 
     def optimizer_step(self, indices: list[int]) -> dict[str, float]:
         start = time.perf_counter()
@@ -464,19 +565,27 @@ class GRPOTrainer(Trainer):
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Greedy completions of the held-out prompts: mean reward per function, and exact-match
-        accuracy against the ``answer`` column where rows have one (equal strings, or equal
-        numbers by math equivalence)."""
-        from rlfoundry.rewards import REWARDS
-
+        """Greedy completions of the held-out prompts (each rank its share): mean reward per
+        function, and exact-match accuracy against the ``answer`` column where rows have one
+        (equal strings, or equal numbers by math equivalence)."""
         if not self.eval_prompts:
             return {}
         greedy = SamplingParams(0.0, 1.0, 0, self.sampling.max_new_tokens, list(self.sampling.stop_strings))
         size = self.config.training.batch_size * self.group_size
+        share = shard_range(len(self.eval_prompts), self.dist.rank, self.dist.world_size)
         responses = []
-        for start in range(0, len(self.eval_prompts), size):
-            ro = self.rollout.generate(self.eval_prompts[start:start + size], 1, greedy, self.sampling_generator)
+        for start in range(share.start, share.stop, size):
+            prompts = self.eval_prompts[start:min(start + size, share.stop)]
+            ro = self.rollout.generate(prompts, 1, greedy, self.sampling_generator)
             responses += self.tokenizer.batch_decode(ro.completion_ids, skip_special_tokens=True)
+        if self.dist.enabled:
+            responses = [r for part in distributed.all_gather_object(responses) for r in part]
+        metrics = self._eval_metrics(responses) if self.dist.is_main else None
+        return distributed.broadcast_object(metrics)
+
+    def _eval_metrics(self, responses: list[str]) -> dict[str, float]:
+        from rlfoundry.rewards import REWARDS
+
         examples = list(self.eval_set)
         prompts = [render_prompt(self.tokenizer, ex.prompt) for ex in examples]
         columns = _columns(examples)
@@ -494,14 +603,32 @@ class GRPOTrainer(Trainer):
     # ---- state ---------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         return {"buffer": self.buffer, "iteration": self.iteration,
+                "rollout_round": self.rollout_round,
                 "sampling_generator": self.sampling_generator.get_state(),
-                "value_head": self.value_head.state_dict() if self.value_head is not None else None}
+                "value_head": self._value_head_state()}
+
+    def _value_head_state(self):
+        if self.value_head is None or (self.engine is not None and self.engine.sharded):
+            return None  # FSDP2: the head is part of the sharded checkpoint
+        return self.value_head.state_dict()
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.buffer, self.iteration = state["buffer"], state["iteration"]
+        self.rollout_round = state.get("rollout_round", 0)
         self.sampling_generator.set_state(state["sampling_generator"])
         if self.value_head is not None and state.get("value_head") is not None:
             self.value_head.load_state_dict(state["value_head"])
+
+    def rank_state(self) -> dict[str, Any]:
+        return {**super().rank_state(), "sampling_generator": self.sampling_generator.get_state()}
+
+    def load_rank_state(self, state: dict[str, Any] | None) -> None:
+        super().load_rank_state(state)
+        if state is None:
+            self.sampling_generator.manual_seed(
+                self.config.training.seed + 7919 * self.step + self.dist.rank)
+        else:
+            self.sampling_generator.set_state(state["sampling_generator"])
 
 
 def resolve_grouping(algo, loss_fn) -> tuple[str, dict[str, Any]]:

@@ -13,7 +13,9 @@ from rlfoundry.data.prompts import tokenize_prompt
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import DataError
 from rlfoundry.ops.lm_head import token_logprobs
+from rlfoundry.training import distributed
 from rlfoundry.training.base import Trainer, as_loss_and_metrics
+from rlfoundry.training.distributed import shard_range
 from rlfoundry.training.metrics import WeightedMean
 
 
@@ -58,25 +60,30 @@ class SFTTrainer(Trainer):
 
     def micro_step(self, batch: dict[str, Any]):
         batch = self.to_device(batch)
-        out = token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        out = self.forward_policy(token_logprobs, batch["input_ids"], batch["attention_mask"],
+                                  batch["loss_mask"])
         batch["response_mask"] = out.mask
         return as_loss_and_metrics(self.loss_fn(batch, {"logprobs": out.logprobs}))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Held-out completion NLL (token-weighted over all eval rows; each rank its share)."""
         if not self.eval_rows:
             return {}
         was_training = self.model.training
         self.model.eval()
         acc, size = WeightedMean(), self.config.training.batch_size
-        batches = [self.collate(list(range(s, min(s + size, len(self.eval_rows)))), self.eval_rows)
-                   for s in range(0, len(self.eval_rows), size)]
+        share = shard_range(len(self.eval_rows), self.dist.rank, self.dist.world_size)
+        batches = [self.collate(list(range(s, min(s + size, share.stop))), self.eval_rows)
+                   for s in range(share.start, share.stop, size)]
         total = sum(b["num_tokens"] for b in batches)
+        if self.dist.enabled:
+            total = int(distributed.all_reduce_sum(torch.tensor([total])).item())
         for b in batches:
             loss, metrics = self.micro_step(b)
             acc.add({**metrics, "loss": loss}, b["num_tokens"] / total)
         self.model.train(was_training)
-        return acc.result()
+        return acc.result(across_ranks=True)
 
 
 def _as_prompts(dataset) -> PromptDataset:

@@ -149,6 +149,9 @@ def finalize(cfg: RunConfig) -> RunConfig:
     algo.loss = loss
     trainer_cls.validate_config(cfg)
     _check_schedules(cfg)
+    from rlfoundry.training.distributed import launched_world_size
+
+    trainer_cls.validate_world(cfg, launched_world_size())
     return cfg
 
 

@@ -18,6 +18,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoRAConfig(Section):
+    r: int = Field(8, gt=0, description="Rank of the low-rank update.")
+    alpha: float = Field(16.0, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Module names (or name suffixes) that get adapters, e.g. [q_proj, v_proj]; "
+        "'all-linear' means every linear layer except the output head.",
+    )
+
+
 class ModelConfig(Section):
     name_or_path: str = Field(
         "builtin:tiny",
@@ -27,8 +38,19 @@ class ModelConfig(Section):
     tokenizer: str | None = Field(
         None, description="Tokenizer directory when it differs from name_or_path."
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Parameter dtype of the policy (and reference) model."
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
+        "float32", description="Parameter dtype of the policy (and reference) model "
+        "(float64 is for exactness tests)."
+    )
+    lora: LoRAConfig | None = Field(
+        None,
+        description="Train LoRA adapters (PEFT, `pip install rlfoundry[lora]`) instead of every "
+        "weight; null = full fine-tune. Reference log-probs come from the same model with the "
+        "adapter switched off (no second copy); final/ and `rlfoundry export` merge the adapter.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each decoder layer's activations in the backward pass "
+        "(less memory, about a third more compute; gradients are unchanged).",
     )
 
 
@@ -71,6 +93,19 @@ class ReferenceConfig(Section):
     )
 
 
+class DistributedConfig(Section):
+    strategy: Literal["ddp", "fsdp2"] = Field(
+        "ddp",
+        description="Used when launched with torchrun (WORLD_SIZE > 1): 'ddp' keeps a full model "
+        "on every rank and all-reduces gradients; 'fsdp2' shards parameters, gradients and "
+        "optimizer state across ranks (torch fully_shard; checkpoints are sharded).",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Process-group backend; 'auto' is nccl on CUDA and gloo on CPU."
+    )
+    timeout_s: int = Field(1800, gt=0, description="Seconds a collective may wait for the other ranks.")
+
+
 class TrainingConfig(Section):
     output_dir: str = Field("runs/latest", description="Checkpoints, metrics.jsonl, logs.")
     seed: int = Field(42, description="Seeds model init (built-ins), data order and sampling.")
@@ -106,7 +141,18 @@ class TrainingConfig(Section):
         description="A NaN/inf loss or gradient: raise an error naming the step and loss component, "
         "or skip the optimizer step and count it.",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train ('auto': CUDA when available; under torchrun each "
+        "rank uses the GPU of its LOCAL_RANK).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Autocast precision of forward passes: bf16 (CUDA or CPU), fp16 (CUDA only, "
+        "with a dynamic gradient scaler), or fp32 (no autocast).",
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Multi-process training under torchrun; batch_size stays the global batch.",
+    )
     lr_controller: dict[str, Any] | None = Field(
         None, description="Feedback on the learning rate on top of lr_scheduler, e.g. {type: "
         "performance, metric: reward_mean, low: 0.5, high: 0.8}: lr x1.1 below low, x0.9 above high.")
@@ -177,6 +223,13 @@ class SamplingConfig(Section):
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens (0 = off).")
     max_new_tokens: int = Field(64, gt=0, description="Completion length limit (max_completion_length).")
     stop_strings: list[str] = Field(default_factory=list, description="Stop when one appears.")
+    seed_per_prompt: bool = Field(
+        False,
+        description="Draw each prompt's completions from a generator of its own, seeded by "
+        "(training.seed, rollout round, the prompt's place in the global batch), so samples do "
+        "not depend on how prompts are split across ranks: N processes sample exactly what one "
+        "does. Off: one generator per rank (seed + rank) for its whole batch (fewer RNG calls).",
+    )
 
 
 class RewardSpec(Section):

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import torch
 
+from rlfoundry.config.schema import ModelConfig
 from rlfoundry.errors import ConfigError
 from rlfoundry.models.tiny import BUILTIN_PREFIX, SIZES, build_model, build_tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
 
 
 def is_builtin(name_or_path: str) -> bool:
@@ -43,6 +45,29 @@ def load_model(name_or_path: str, tokenizer=None, dtype: str = "float32", seed: 
 
     _require_dir(name_or_path, "model.name_or_path")
     return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype])
+
+
+def prepare_policy(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    """Apply ``model.gradient_checkpointing`` and ``model.lora`` to a loaded policy."""
+    from rlfoundry.models.lora import apply_lora, is_peft
+
+    if cfg.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"model.gradient_checkpointing: {type(model).__name__} does not "
+                              "support gradient checkpointing")
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # the newer transformers name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if cfg.lora is not None and not is_peft(model):
+        model = apply_lora(model, cfg.lora)
+    return model
+
+
+def build_policy(cfg: ModelConfig, tokenizer=None, seed: int = 0) -> torch.nn.Module:
+    """The policy a run trains: ``model.name_or_path`` loaded in ``model.dtype``, prepared."""
+    return prepare_policy(load_model(cfg.name_or_path, tokenizer, cfg.dtype, seed=seed), cfg)
 
 
 def _require_dir(path: str, key: str) -> None:

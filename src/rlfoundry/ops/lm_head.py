@@ -88,12 +88,15 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """Log-probs of ``input_ids[:, 1:]`` where ``loss_mask[:, 1:]`` is set, in one forward.
 
     Only the masked positions go through the lm-head (no [B, T, V] tensor), unless the model
-    post-processes its logits, in which case the model's own logits are used.
+    post-processes its logits, in which case the model's own logits are used. A PEFT model is
+    run through its underlying transformers model (whose layers carry the adapters).
     """
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     mask = loss_mask[:, 1:].bool()
     labels = input_ids[:, 1:]
     if _uses_plain_lm_head(model):
-        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = out.last_hidden_state
         head = model.get_output_embeddings()
         lp, ent = gather_logprobs(hidden[:, :-1][mask], head.weight, head.bias, labels[mask],
@@ -105,7 +108,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             dense_ent = torch.zeros(mask.shape, dtype=ent.dtype, device=ent.device).masked_scatter(mask, ent)
         return TokenLogprobs(dense, mask, dense_ent, hidden if return_hidden else None)
     out = model(input_ids=input_ids, attention_mask=attention_mask,
-                output_hidden_states=return_hidden)
+                output_hidden_states=return_hidden, use_cache=False)
     logits = out.logits[:, :-1]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     lp = logprobs_from_logits(logits, labels) * mask

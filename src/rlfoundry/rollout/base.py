@@ -38,9 +38,26 @@ class Rollout:
         return sum(len(c) for c in self.completion_ids)
 
 
+def concat_rollouts(parts: list[Rollout]) -> Rollout:
+    """Rollouts of consecutive prompt sets as one (``prompt_index`` must already be global;
+    ``seconds`` is the longest part's, as the parts ran side by side on different ranks)."""
+    return Rollout(
+        prompt_index=[i for p in parts for i in p.prompt_index],
+        prompt_ids=[x for p in parts for x in p.prompt_ids],
+        completion_ids=[x for p in parts for x in p.completion_ids],
+        sampling_logprobs=[x for p in parts for x in p.sampling_logprobs],
+        truncated=[x for p in parts for x in p.truncated],
+        seconds=max(p.seconds for p in parts),
+    )
+
+
 @runtime_checkable
 class RolloutBackend(Protocol):
+    """``generator`` is one ``torch.Generator`` for the whole call, or a list with one per
+    prompt (then a prompt's samples depend only on its own generator, not on which other
+    prompts share the call: how ``sampling.seed_per_prompt`` makes ranks agree)."""
+
     def generate(self, prompts: list[list[int]], num_samples: int, params: SamplingParams,
-                 generator: torch.Generator) -> Rollout: ...
+                 generator: torch.Generator | list[torch.Generator]) -> Rollout: ...
 
     def sync_weights(self, model: torch.nn.Module) -> None: ...

@@ -29,6 +29,15 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def _draw(probs: torch.Tensor, active: list[int], generator, group: int) -> torch.Tensor:
+    """One token per row of ``probs``; with a generator per prompt, row ``j`` (sample
+    ``active[j]``, prompt ``active[j] // group``) draws from its prompt's generator alone."""
+    if not isinstance(generator, (list, tuple)):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return torch.cat([torch.multinomial(probs[j], 1, generator=generator[s // group])
+                      for j, s in enumerate(active)])
+
+
 class HFSampler:
     """Rollout backend that samples with the (shared) policy module itself."""
 
@@ -47,7 +56,7 @@ class HFSampler:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], num_samples: int, params: SamplingParams,
-                 generator: torch.Generator) -> Rollout:
+                 generator: torch.Generator | list[torch.Generator]) -> Rollout:
         start = time.perf_counter()
         model = self.model
         was_training = model.training
@@ -79,7 +88,7 @@ class HFSampler:
             if params.temperature > 0:
                 scaled = logits / params.temperature
                 probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                nxt = _draw(probs, active, generator, g)
             else:
                 scaled = logits
                 nxt = logits.argmax(-1)

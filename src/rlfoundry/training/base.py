@@ -2,8 +2,15 @@
 
 A trainer subclass supplies four things: ``setup_data`` (build examples), ``collate`` (a list
 of examples -> one micro-batch dict with ``num_sequences``/``num_tokens``), ``micro_step``
-(micro-batch -> ``(loss, metrics)``) and ``evaluate``. Everything else -- the optimizer, the
-schedule, clipping, non-finite handling, checkpoints, resume and logging -- lives here.
+(micro-batch -> ``(loss, metrics)``, its training forward run through ``forward_policy``) and
+``evaluate``. Everything else -- the optimizer, the schedule, clipping, non-finite handling,
+precision, checkpoints, resume, logging and data parallelism -- lives here.
+
+Under torchrun every rank draws the same global batch from the seeded sampler and trains on
+its contiguous share. Each micro-batch's loss is weighted by its count (sequences or tokens)
+over the count of the *global* batch (summed across ranks), and DDP/FSDP2 gradient averaging
+is undone by ``loss_scale``, so N ranks apply exactly the single-process update. Metrics are
+reduced across ranks once per step; only rank 0 writes logs, checkpoints and ``final/``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import inspect
 import math
 import random
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +29,14 @@ from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
 from rlfoundry.config import RunConfig, load_config
 from rlfoundry.config.schema import AlgorithmConfig
 from rlfoundry.errors import ConfigError, NonFiniteError
-from rlfoundry.models import load_model, load_tokenizer
+from rlfoundry.models import load_model, load_tokenizer, prepare_policy
 from rlfoundry.training import checkpoint as ckpt
-from rlfoundry.training.logger import MetricsLogger
+from rlfoundry.training import distributed
+from rlfoundry.training.logger import MetricsLogger, NullLogger
 from rlfoundry.training.metrics import WeightedMean, nonfinite_keys
 from rlfoundry.training.optim import build_optimizer, build_scheduler
+from rlfoundry.training.parallel import ParallelPolicy
+from rlfoundry.training.precision import autocast, check_precision, grad_scaler
 from rlfoundry.training.sampler import EpochSampler
 from rlfoundry.training.schedules import build_schedule, get_beta, set_beta
 
@@ -39,11 +50,14 @@ def coerce_config(config: Any, algorithm: str) -> RunConfig:
     return load_config(config)
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``training.device`` resolved; under torchrun a CUDA rank takes GPU ``local_rank``."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("training.device: 'cuda' requested but no CUDA device is available")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and local_rank is not None:
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
@@ -74,14 +88,23 @@ class Trainer:
         self.validate_config(self.config)
         cfg = self.config
         seed_everything(cfg.training.seed)
-        self.device = select_device(cfg.training.device)
+        dcfg = cfg.training.distributed
+        self.dist = distributed.init_distributed(select_device(cfg.training.device).type,
+                                                 dcfg.backend, dcfg.timeout_s)
+        self.device = select_device(cfg.training.device,
+                                    self.dist.local_rank if self.dist.enabled else None)
+        check_precision(cfg.training.precision, self.device, cfg.model.dtype)
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = load_tokenizer(tokenizer or cfg.model.name_or_path, cfg.model.tokenizer)
         self.tokenizer = tokenizer
         if model is None or isinstance(model, (str, Path)):
             model = load_model(str(model or cfg.model.name_or_path), tokenizer, cfg.model.dtype,
                                seed=cfg.training.seed)
-        self.model = model.to(self.device)
+        self.model = prepare_policy(model, cfg.model).to(self.device)
+        if self.dist.enabled:  # same initial weights everywhere, then a stream per rank
+            seed_everything(cfg.training.seed + self.dist.rank)
+        self.engine: ParallelPolicy | None = None
+        self.scaler = grad_scaler(cfg.training.precision, self.device)
         self.loss_fn = loss_fn if loss_fn is not None else LossFunctionRegistry.build(cfg.algorithm.loss)
         if hasattr(self.loss_fn, "bind_tokenizer"):
             self.loss_fn.bind_tokenizer(self.tokenizer)
@@ -96,6 +119,18 @@ class Trainer:
     @classmethod
     def validate_config(cls, cfg: RunConfig) -> None:
         """Reject option combinations this trainer cannot honour (called at config load)."""
+
+    @classmethod
+    def validate_world(cls, cfg: RunConfig, world_size: int) -> None:
+        """Reject a global batch that ``world_size`` ranks cannot split evenly (at load)."""
+        train = cfg.training
+        per_step = world_size * (train.micro_batch_size or 1)
+        if world_size > 1 and train.batch_size % per_step:
+            raise ConfigError(
+                f"training.batch_size ({train.batch_size}) must be a multiple of WORLD_SIZE "
+                f"({world_size}) x training.micro_batch_size ({train.micro_batch_size or 1}) = "
+                f"{per_step}: batch_size is the global batch, split evenly across ranks"
+            )
 
     def setup_data(self, dataset, eval_dataset) -> int:
         """Prepare training/eval examples; return the number of training examples."""
@@ -115,15 +150,46 @@ class Trainer:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def next_batch(self) -> list[int]:
-        """Indices of the examples for the next optimizer step."""
-        return self.sampler.next_batch()
+        """Indices of this rank's examples for the next optimizer step (its share of the
+        global batch; the whole batch in a single process)."""
+        return self.local_share(self.sampler.next_batch())
+
+    def local_share(self, items: list) -> list:
+        """This rank's contiguous share of ``items`` (all of them in a single process)."""
+        share = distributed.shard_range(len(items), self.dist.rank, self.dist.world_size)
+        return items[share.start:share.stop]
+
+    def forward_policy(self, fn, *args, **kwargs):
+        """``fn(policy, *args, **kwargs)`` as the training forward: through DDP/FSDP2 under
+        torchrun (so gradients synchronise), a plain call otherwise. Custom ``micro_step``
+        overrides run their policy forward through this."""
+        if self.engine is None:
+            return fn(self.model, *args, **kwargs)
+        return self.engine(fn, *args, **kwargs)
+
+    def autocast(self):
+        """The ``training.precision`` autocast context for forward passes."""
+        return autocast(self.config.training.precision, self.device)
+
+    def full_parameters(self):
+        """Context for gradient-free forwards of the policy (rollouts, evaluation): under
+        FSDP2 the shards are gathered once for the whole block."""
+        return self.engine.full_parameters() if self.engine is not None else nullcontext()
+
+    def extra_modules(self) -> list[torch.nn.Module]:
+        """Trainable modules besides the policy (heads) that DDP/FSDP2 must synchronise."""
+        return []
+
+    def stand_in_batch(self) -> dict[str, Any]:
+        """A micro-batch a rank runs with weight 0 when it has fewer micro-batches than
+        another rank this step (every rank must run the same number of forward/backward
+        passes for DDP/FSDP2). Real data, so shapes and dtypes are the usual ones."""
+        return {**self.collate([0]), "stand_in": True}
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer updates and clipping measures (the model, plus any heads and
         learnable loss parameters such as uncertainty weights)."""
-        loss_params = getattr(self.loss_fn, "parameters", None)
-        extra = list(loss_params()) if callable(loss_params) else []
-        return [p for p in [*self.model.parameters(), *extra] if p.requires_grad]
+        return [p for p in [*self.model.parameters(), *self.loss_parameters()] if p.requires_grad]
 
     def extra_state(self) -> dict[str, Any]:
         """Algorithm state to checkpoint besides model/optimizer/RNG/data position."""
@@ -132,6 +198,18 @@ class Trainer:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
+    def rank_state(self) -> dict[str, Any]:
+        """State that differs per rank (RNG streams); checkpointed for every rank."""
+        return {"rng": ckpt.rng_state()}
+
+    def load_rank_state(self, state: dict[str, Any] | None) -> None:
+        """Restore ``rank_state()``; ``None`` when the checkpoint was written by a different
+        number of ranks: then re-seed this rank's streams from the seed, rank and step."""
+        if state is None:
+            seed_everything(self.config.training.seed + 7919 * self.step + self.dist.rank)
+            return
+        ckpt.set_rng_state(state["rng"])
+
     # ---- the loop -------------------------------------------------------------------------
     def train(self, dataset=None, eval_dataset=None) -> dict[str, float]:
         """Train on ``dataset`` (default: ``config.data``); return the last step's metrics."""
@@ -139,14 +217,19 @@ class Trainer:
         num_examples = self.setup_data(dataset, eval_dataset)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * num_examples / cfg.batch_size))
         self.sampler = EpochSampler(num_examples, cfg.batch_size, cfg.seed)
+        if self.dist.enabled and cfg.distributed.strategy == "fsdp2" and self.loss_parameters():
+            raise ConfigError("training.distributed.strategy: fsdp2 cannot shard a loss with "
+                              "learnable parameters (e.g. scheme: uncertainty); use ddp")
+        self.engine = ParallelPolicy(self.model, self.extra_modules(), cfg.distributed.strategy,
+                                     self.dist, self.device)
         self.optimizer = build_optimizer(self.trainable_parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
+        note = self._restore(resume_from) if resume_from is not None else ""
+        self.logger = (MetricsLogger(self.output_dir, self.config.logging, self.total_steps, self.step)
+                       if self.dist.is_main else NullLogger())
         if resume_from is not None:
-            self._restore(resume_from)
-        self.logger = MetricsLogger(self.output_dir, self.config.logging, self.total_steps, self.step)
-        if resume_from is not None:
-            self.logger.write(f"resumed from {resume_from} at step {self.step}")
+            self.logger.write(f"resumed from {resume_from} at step {self.step}{note}")
         metrics: dict[str, float] = {}
         self.initial_eval, self.last_eval = {}, {}
         try:
@@ -161,59 +244,66 @@ class Trainer:
                     self.last_eval = self._log_eval()
                 if last or (cfg.save_every and self.step % cfg.save_every == 0):
                     self.save_checkpoint()
-            ckpt.save_pretrained(self.model, self.tokenizer, self.output_dir / "final")
+            self.save_final()
         finally:
             self.logger.close()
         return metrics
 
     def _log_eval(self) -> dict[str, float]:
-        result = self.evaluate()
+        with self.full_parameters(), self.autocast():
+            result = self.evaluate()
         if result:
             self.logger.log(self.step, {f"eval/{k}": v for k, v in result.items()})
         return result
 
     def micro_batches(self, indices: list[int]) -> list[dict[str, Any]]:
         size = self.config.training.micro_batch_size or len(indices)
-        return [self.collate(indices[i:i + size]) for i in range(0, len(indices), size)]
+        batches = [self.collate(indices[i:i + size]) for i in range(0, len(indices), size)]
+        if self.dist.enabled:  # every rank runs as many micro-batches as the busiest one
+            batches += [self.stand_in_batch()
+                        for _ in range(distributed.all_reduce_max(len(batches)) - len(batches))]
+        return batches
 
     def optimizer_step(self, indices: list[int]) -> dict[str, float]:
         """Forward/backward every micro-batch, weighting each by its share of the global
-        sequence (or token) count, so accumulation equals one big batch; then one update.
+        sequence (or token) count, so accumulation (over micro-batches and over ranks) equals
+        one big batch; then one update.
 
         Losses with ``reduction = "sum"`` (composites of sequence- and token-level terms)
         normalise themselves with ``batch["global_num_sequences"]`` / ``["global_num_tokens"]``
-        and are added unweighted."""
+        (the counts of the whole global batch, all ranks together) and are added unweighted."""
         self.model.train()
         self._loss_hook("on_step_start", self.step, self.total_steps)
         if self.beta_schedule is not None:
             set_beta(self.loss_fn, self.beta_schedule.value(self.step, self.total_steps))
         batches = self.micro_batches(indices)
-        totals = {k: sum(b[k] for b in batches) for k in ("num_sequences", "num_tokens")}
+        totals = self._global_counts(batches)
         reduction = getattr(self.loss_fn, "reduction", "sequence")
         count_key = "num_tokens" if reduction == "token" else "num_sequences"
         acc, loss_sum = WeightedMean(), 0.0
-        for batch in batches:
+        for i, batch in enumerate(batches):
             batch.update({f"global_{k}": v for k, v in totals.items()})
-            share = batch[count_key] / max(totals[count_key], 1)
-            weight = 1.0 if reduction == "sum" else share
-            loss, metrics = self.micro_step(batch)
-            (loss * weight).backward()
+            share = 0.0 if batch.get("stand_in") else batch[count_key] / max(totals[count_key], 1)
+            weight = (0.0 if batch.get("stand_in") else 1.0) if reduction == "sum" else share
+            with self.engine.sync_gradients(i == len(batches) - 1):
+                with self.autocast():
+                    loss, metrics = self.micro_step(batch)
+                self._backward(loss * (weight * self.engine.loss_scale))
             loss_sum = loss_sum + loss.detach() * weight
             acc.add({k: v for k, v in metrics.items() if k != "loss"}, share)
-        params = self.trainable_parameters()
+        self._sync_loss_parameters()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         # a loss may carry its own clipping threshold (see ClippedLossFunction); clipping
-        # itself always happens here, after every micro-batch's backward
+        # itself always happens here, after every micro-batch's backward, on the global norm
         max_norm = (getattr(self.loss_fn, "max_grad_norm", None) or self.config.training.max_grad_norm
                     or float("inf"))
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        acc.add({"loss": loss_sum, "grad_norm": grad_norm}, 1.0)
-        metrics = acc.result()
-        bad = nonfinite_keys(metrics)
-        if bad:
-            self._handle_nonfinite(bad, metrics)
-        else:
-            self.optimizer.step()
-            self._loss_hook("on_step_end", metrics)
+        grad_norm = self.engine.clip_grad_norm(self.trainable_parameters(), max_norm)
+        world = self.dist.world_size  # each rank's loss_sum is its part of the global loss:
+        acc.add({"loss": loss_sum * world}, 1.0 / world)  # the cross-rank merge adds them up
+        acc.add({"grad_norm": grad_norm}, 1.0)
+        metrics = acc.result(across_ranks=True)
+        self._apply_update(metrics)
         beta = get_beta(self.loss_fn)
         if beta is not None:
             metrics["beta"] = beta
@@ -233,10 +323,55 @@ class Trainer:
         metrics["skipped_steps"] = self.skipped_steps
         return metrics
 
+    def _global_counts(self, batches: list[dict[str, Any]]) -> dict[str, int]:
+        """Sequences and tokens of the step's whole batch (summed over ranks; stand-ins excluded)."""
+        real = [b for b in batches if not b.get("stand_in")]
+        totals = {k: sum(b[k] for b in real) for k in ("num_sequences", "num_tokens")}
+        if self.dist.enabled:
+            summed = distributed.all_reduce_sum(torch.tensor(list(totals.values())))
+            totals = dict(zip(totals, (int(v) for v in summed.tolist())))
+        return totals
+
+    def loss_parameters(self) -> list[torch.Tensor]:
+        """Learnable parameters of the loss itself (e.g. uncertainty weights), if any."""
+        params = getattr(self.loss_fn, "parameters", None)
+        return list(params()) if callable(params) else []
+
+    def _sync_loss_parameters(self) -> None:
+        """Average the loss's own parameters' gradients over ranks (they live outside the
+        DDP wrapper; the per-rank loss scale makes the average the global gradient)."""
+        if not self.dist.enabled:
+            return
+        for p in self.loss_parameters():
+            if p.grad is not None:
+                p.grad.copy_(distributed.all_reduce_sum(p.grad) / self.dist.world_size)
+
     def _loss_hook(self, name: str, *args) -> None:
         hook = getattr(self.loss_fn, name, None)
         if callable(hook):
             hook(*args)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _apply_update(self, metrics: dict[str, float]) -> None:
+        """Step the optimizer unless something is non-finite (identical on every rank: the
+        metrics are already reduced). An fp16 overflow (finite loss, infinite gradients) is
+        the gradient scaler's business: it skips the update and lowers the scale."""
+        bad = nonfinite_keys(metrics)
+        if self.scaler is not None and bad == ["grad_norm"]:
+            self.skipped_steps += 1
+            self.logger.write(f"step {self.step + 1}: fp16 gradient overflow, update skipped")
+        elif bad:
+            self._handle_nonfinite(bad, metrics)
+        if self.scaler is not None:
+            if not bad or bad == ["grad_norm"]:
+                self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif not bad:
+            self.optimizer.step()
+        if not bad:
+            self._loss_hook("on_step_end", metrics)
 
     def _handle_nonfinite(self, bad: list[str], metrics: dict[str, float]) -> None:
         where = ", ".join(f"{k}={metrics[k]}" for k in bad)
@@ -251,10 +386,10 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Write checkpoint ``step`` (rank 0 writes; FSDP2 ranks each write their shards)."""
         state = {
             "step": self.step,
             "skipped_steps": self.skipped_steps,
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": ckpt.rng_state(),
@@ -264,12 +399,54 @@ class Trainer:
             "extra": self.extra_state(),
             "config": self.config.model_dump(mode="json"),
         }
-        return ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.tokenizer, state,
-                                    self.config.training.keep_last)
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self.dist.enabled:
+            state["ranks"] = distributed.all_gather_object(self.rank_state())
+        cfg = self.config.training
+        if self.engine.sharded:
+            path = ckpt.save_sharded_checkpoint(self.output_dir, self.step, self.engine.root,
+                                                self.optimizer, self.model, self.tokenizer, state,
+                                                cfg.keep_last)
+        else:
+            path = self.output_dir / "checkpoints" / f"step_{self.step:06d}"
+            if self.dist.is_main:
+                state = {**state, "optimizer": self.optimizer.state_dict()}
+                path = ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.tokenizer,
+                                            state, cfg.keep_last)
+        distributed.barrier()
+        return path
 
-    def _restore(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+    def save_final(self) -> Path:
+        """``final/``: a plain Hugging Face directory (LoRA merged, FSDP2 shards gathered)."""
+        from rlfoundry.models.lora import merged_copy
+
+        final = self.output_dir / "final"
+        if self.engine.sharded:
+            full = ckpt.full_state_dict(self.engine.root)  # collective; rank 0 holds the tensors
+            if self.dist.is_main:
+                ckpt.save_pretrained(merged_copy(self.plain_policy(full)), self.tokenizer, final)
+        elif self.dist.is_main:
+            ckpt.save_pretrained(merged_copy(self.model), self.tokenizer, final)
+        distributed.barrier()
+        return final
+
+    def plain_policy(self, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A new, unsharded policy on the CPU holding ``state_dict`` (to save FSDP2 weights)."""
+        from rlfoundry.models import build_policy
+
+        model = build_policy(self.config.model, self.tokenizer, seed=self.config.training.seed)
+        ckpt.load_state_dict_strict(model, state_dict, "the gathered FSDP2 state")
+        return model
+
+    def _restore(self, path: Path) -> str:
+        """Load checkpoint ``path`` into the model, optimizer and loop state; return a note
+        for the log ('' unless the per-rank RNG streams had to be re-seeded)."""
+        if self.engine.sharded:
+            state = ckpt.load_sharded_checkpoint(path, self.engine.root, self.optimizer)
+        else:
+            state = ckpt.load_checkpoint(path, self.model)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])
@@ -279,6 +456,17 @@ class Trainer:
         ckpt.restore_plain_state(self.lr_controller, schedules.get("lr", {}))
         self.load_extra_state(state["extra"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if not self.dist.enabled:
+            return ""
+        ranks = state.get("ranks")
+        if ranks is not None and len(ranks) == self.dist.world_size:
+            self.load_rank_state(ranks[self.dist.rank])
+            return ""
+        self.load_rank_state(None)
+        return (f" (written by {len(ranks or [None])} process(es), resumed on "
+                f"{self.dist.world_size}: per-rank RNG streams re-seeded)")
 
 
 def seed_everything(seed: int) -> None:

@@ -3,6 +3,12 @@
 Layout: ``<output_dir>/checkpoints/step_000120/{model/, trainer_state.pt}``. A checkpoint is
 written into a temporary sibling directory and renamed into place only when complete, so a
 crash mid-write never leaves a directory that ``resume: auto`` would pick up.
+
+``model/`` holds the full weights, or only the adapter when LoRA is used. Under FSDP2 every
+rank writes its own shards of the model and optimizer with ``torch.distributed.checkpoint``
+into ``sharded/`` (no rank ever holds the whole state) and ``model/`` keeps the config and
+tokenizer; ``rlfoundry export`` consolidates such a checkpoint into one directory, and it can
+be resumed on any number of ranks.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,8 @@ from rlfoundry.errors import CheckpointError
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.pt"
+SHARDED_DIR = "sharded"
+POLICY_PREFIX = "model."  # the policy inside the FSDP2 wrapper whose state sharded/ holds
 
 
 def rng_state() -> dict[str, Any]:
@@ -117,18 +126,130 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model) -> dict[str, Any]:
-    """Load weights into ``model`` (in place) and return the trainer state."""
+    """Load weights (or a LoRA adapter) into ``model`` (in place); return the trainer state."""
     from safetensors.torch import load_file
 
+    from rlfoundry.models.lora import is_adapter_dir, load_adapter_weights
+
+    if is_adapter_dir(path / "model"):
+        load_adapter_weights(model, path / "model")
+        return torch.load(path / STATE_FILE, weights_only=False)
     weights = {}
     for f in sorted((path / "model").glob("*.safetensors")):
         weights.update(load_file(f))
     if not weights:
         raise CheckpointError(f"checkpoint '{path}' has no model weights")
+    load_state_dict_strict(model, weights, f"checkpoint '{path}'")
+    return torch.load(path / STATE_FILE, weights_only=False)
+
+
+def load_state_dict_strict(model, weights: dict[str, torch.Tensor], what: str) -> None:
+    """``model.load_state_dict(weights)``, tolerating only a missing tied output head."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [m for m in missing if m not in tied and not m.endswith("lm_head.weight")]
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint '{path}' does not match the model: missing {missing[:5]}, "
+        raise CheckpointError(f"{what} does not match the model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
+
+
+def is_sharded(path: Path) -> bool:
+    return (Path(path) / SHARDED_DIR).is_dir()
+
+
+def save_model_files(model, tokenizer, directory: Path) -> None:
+    """Config, generation config, adapter config and tokenizer: a model directory minus
+    its weights (the weights of a sharded checkpoint live in ``sharded/``)."""
+    from rlfoundry.models.lora import is_peft
+
+    base = model.get_base_model() if is_peft(model) else model
+    base.config.save_pretrained(directory)
+    if getattr(base, "generation_config", None) is not None:
+        base.generation_config.save_pretrained(directory)
+    if is_peft(model):
+        model.peft_config[model.active_adapter].save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def save_sharded_checkpoint(output_dir: str | Path, step: int, root, optimizer, model, tokenizer,
+                            state: dict[str, Any], keep_last: int | None = None) -> Path:
+    """FSDP2: every rank writes its shards of ``root`` (the wrapper holding the policy as
+    ``model.*`` and any heads) and of the optimizer (collective; call on every rank); rank 0
+    writes the model files of ``model`` and the trainer state, then renames atomically."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from rlfoundry.training import distributed
+
+    main = distributed.current().is_main
+    where = Path(output_dir) / "checkpoints"
+    final = where / f"step_{step:06d}"
+    tmp = Path(distributed.broadcast_object(str(where / f".tmp_step_{step:06d}_{os.getpid()}")))
+    try:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "model").mkdir(parents=True)
+            save_model_files(model, tokenizer, tmp / "model")
+        distributed.barrier()
+        model_state, optim_state = get_state_dict(root, optimizer)
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / SHARDED_DIR)
+        if main:
+            torch.save(state, tmp / STATE_FILE)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write sharded checkpoint for step {step} under '{where}': {e}. "
+            f"Earlier checkpoints are untouched."
+        ) from e
+    if main and keep_last:
+        for old in list_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_sharded_checkpoint(path: Path, root, optimizer) -> dict[str, Any]:
+    """FSDP2: load this rank's shards of ``root`` and the optimizer (written on any number of
+    ranks); return the trainer state (collective; call on every rank)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if not is_sharded(path):
+        raise CheckpointError(f"checkpoint '{path}' has no {SHARDED_DIR}/ state; it was not "
+                              f"written with training.distributed.strategy fsdp2")
+    model_state, optim_state = get_state_dict(root, optimizer)
+    bundle = {"model": model_state, "optimizer": optim_state}
+    dcp.load(bundle, checkpoint_id=path / SHARDED_DIR)
+    set_state_dict(root, optimizer, model_state_dict=bundle["model"],
+                   optim_state_dict=bundle["optimizer"])
     return torch.load(path / STATE_FILE, weights_only=False)
+
+
+def load_sharded_weights(path: Path, model) -> None:
+    """Fill an unsharded ``model`` with the weights of an FSDP2 checkpoint (one process; no
+    process group needed: the shards are read and stitched by torch.distributed.checkpoint)."""
+    import torch.distributed.checkpoint as dcp
+
+    weights = {POLICY_PREFIX + k: v for k, v in model.state_dict().items()}
+    bundle = {"model": weights}
+    with warnings.catch_warnings():  # loading in one process is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(bundle, checkpoint_id=Path(path) / SHARDED_DIR, no_dist=True)
+    load_state_dict_strict(model, policy_weights(bundle["model"]), f"sharded checkpoint '{path}'")
+
+
+def policy_weights(root_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The policy's entries of a wrapper state dict (``model.*``), without the prefix."""
+    return {k[len(POLICY_PREFIX):]: v for k, v in root_state.items() if k.startswith(POLICY_PREFIX)}
+
+
+def full_state_dict(root) -> dict[str, torch.Tensor]:
+    """FSDP2: the policy's whole state gathered to CPU on rank 0 (empty on the other ranks;
+    collective, call on every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return policy_weights(get_model_state_dict(
+        root, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))

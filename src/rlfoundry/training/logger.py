@@ -56,6 +56,19 @@ class MetricsLogger:
             self._tb.close()
 
 
+class NullLogger:
+    """The logger of ranks other than 0 under torchrun: metrics are written once, by rank 0."""
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def k_is_eval(metrics: dict[str, Any]) -> bool:
     return bool(metrics) and all(k.startswith("eval/") for k in metrics)
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from rlfoundry.training import distributed
+
 
 def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts -> 'a/b' keys; keeps numbers and 0-dim tensors, drops everything else."""
@@ -35,15 +37,32 @@ class WeightedMean:
             self._sums[k] = self._sums.get(k, 0.0) + v * weight
             self._weights[k] = self._weights.get(k, 0.0) + weight
 
-    def result(self) -> dict[str, float]:
-        """One host transfer for all tensor metrics."""
+    def result(self, across_ranks: bool = False) -> dict[str, float]:
+        """One host transfer for all tensor metrics. ``across_ranks``: under torchrun, sum
+        the weighted sums and the weights of every rank first (one collective), so the mean
+        is over the global batch; every rank must call it then."""
         keys = list(self._sums)
         tensors = [k for k in keys if isinstance(self._sums[k], torch.Tensor)]
         values = {k: float(self._sums[k]) for k in keys if k not in tensors}
         if tensors:
             stacked = torch.stack([self._sums[k].detach() for k in tensors]).tolist()
             values.update(zip(tensors, stacked))
-        return {k: values[k] / self._weights[k] if self._weights[k] else values[k] for k in keys}
+        sums = {k: values[k] for k in keys}
+        weights = dict(self._weights)
+        if across_ranks and distributed.current().enabled:
+            sums, weights = _merge(distributed.all_gather_object((sums, weights)))
+        return {k: sums[k] / weights[k] if weights[k] else sums[k] for k in sums}
+
+
+def _merge(parts: list[tuple[dict[str, float], dict[str, float]]]):
+    """Add up per-rank (weighted sums, weights); keys in first-seen order."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for part_sums, part_weights in parts:
+        for k, v in part_sums.items():
+            sums[k] = sums.get(k, 0.0) + v
+            weights[k] = weights.get(k, 0.0) + part_weights[k]
+    return sums, weights
 
 
 def nonfinite_keys(metrics: dict[str, float]) -> list[str]:

@@ -1,0 +1,72 @@
+"""``rlfoundry export``: a checkpoint (or a run's newest one) -> one Hugging Face directory.
+
+The result loads with ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer`` alone:
+LoRA adapters are merged into the weights, and the shards of an FSDP2 checkpoint are read
+and stitched into one full state (no process group needed). Works in one CPU process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlfoundry.config.schema import ModelConfig
+from rlfoundry.errors import CheckpointError
+from rlfoundry.training import checkpoint as ckpt
+
+
+def resolve_checkpoint(source: str | Path) -> Path:
+    """``source`` itself when it is a checkpoint, else the newest checkpoint of the run dir."""
+    path = Path(source)
+    if (path / ckpt.STATE_FILE).is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"'{source}' does not exist")
+    found = ckpt.list_checkpoints(path)
+    if not found:
+        raise CheckpointError(
+            f"'{source}' is neither a checkpoint (no {ckpt.STATE_FILE}) nor a run directory with "
+            f"checkpoints under {path / 'checkpoints'}"
+        )
+    return found[-1]
+
+
+def load_checkpoint_model(checkpoint: Path):
+    """``(model, tokenizer)`` of a checkpoint as trained: full weights, base + adapter, or the
+    FSDP2 shards put together."""
+    from transformers import AutoModelForCausalLM
+
+    from rlfoundry.models import build_policy, load_tokenizer
+    from rlfoundry.models.loading import DTYPES
+    from rlfoundry.models.lora import is_adapter_dir
+
+    state = torch.load(checkpoint / ckpt.STATE_FILE, weights_only=False)
+    run = state.get("config") or {}
+    model_cfg = ModelConfig.model_validate(run.get("model", {}))
+    seed = int(run.get("training", {}).get("seed", 0))
+    tokenizer = load_tokenizer(str(checkpoint / "model"))
+    if ckpt.is_sharded(checkpoint) or is_adapter_dir(checkpoint / "model"):
+        # rebuild the policy exactly as the run did (base weights, vocabulary, LoRA layers)
+        tokenizer = load_tokenizer(model_cfg.name_or_path, model_cfg.tokenizer)
+    if ckpt.is_sharded(checkpoint):
+        model = build_policy(model_cfg, tokenizer, seed=seed)
+        ckpt.load_sharded_weights(checkpoint, model)
+    elif is_adapter_dir(checkpoint / "model"):
+        model = build_policy(model_cfg, tokenizer, seed=seed)
+        ckpt.load_checkpoint(checkpoint, model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint / "model",
+                                                     dtype=DTYPES[model_cfg.dtype])
+    return model, tokenizer
+
+
+def export(source: str | Path, out_dir: str | Path) -> Path:
+    """Write the model of ``source`` (a checkpoint or run directory) to ``out_dir`` as a plain
+    Hugging Face directory (merged weights + tokenizer); return the checkpoint used."""
+    from rlfoundry.models.lora import merged_copy
+
+    checkpoint = resolve_checkpoint(source)
+    model, tokenizer = load_checkpoint_model(checkpoint)
+    ckpt.save_pretrained(merged_copy(model), tokenizer, Path(out_dir))
+    return checkpoint
