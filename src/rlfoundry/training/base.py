@@ -217,11 +217,8 @@ class Trainer:
         num_examples = self.setup_data(dataset, eval_dataset)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * num_examples / cfg.batch_size))
         self.sampler = EpochSampler(num_examples, cfg.batch_size, cfg.seed)
-        if self.dist.enabled and cfg.distributed.strategy == "fsdp2" and self.loss_parameters():
-            raise ConfigError("training.distributed.strategy: fsdp2 cannot shard a loss with "
-                              "learnable parameters (e.g. scheme: uncertainty); use ddp")
-        self.engine = ParallelPolicy(self.model, self.extra_modules(), cfg.distributed.strategy,
-                                     self.dist, self.device)
+        if self.engine is None:  # wrap once, even if train() is called again
+            self.engine = self._wrap_policy()
         self.optimizer = build_optimizer(self.trainable_parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
@@ -248,6 +245,14 @@ class Trainer:
         finally:
             self.logger.close()
         return metrics
+
+    def _wrap_policy(self) -> ParallelPolicy:
+        """The policy (and heads) as DDP, FSDP2 or plain, per ``training.distributed``."""
+        strategy = self.config.training.distributed.strategy
+        if self.dist.enabled and strategy == "fsdp2" and self.loss_parameters():
+            raise ConfigError("training.distributed.strategy: fsdp2 cannot shard a loss with "
+                              "learnable parameters (e.g. scheme: uncertainty); use ddp")
+        return ParallelPolicy(self.model, self.extra_modules(), strategy, self.dist, self.device)
 
     def _log_eval(self) -> dict[str, float]:
         with self.full_parameters(), self.autocast():

@@ -7,9 +7,9 @@ log-probs, a value head). Both wrappers *average* gradients over ranks; ``loss_s
 world size) undoes that, so each rank's loss is weighted by its share of the global count
 and the synchronised gradient is exactly the single-process gradient of the global batch.
 
-Forward passes without gradients (rollouts, reference/old log-probs, evaluation) run on the
-module itself. Under FSDP2 they run inside ``full_parameters()``, which gathers every shard
-once and keeps it until the block ends, so ranks may run different numbers of them.
+Rollouts and GRPO's old/reference log-probs run on the module itself, without gradients.
+Under FSDP2 they (and evaluation) run inside ``full_parameters()``, which gathers every shard
+once and keeps it until the block ends, so ranks may run different numbers of forwards.
 """
 
 from __future__ import annotations
