@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from rlfoundry.config.schema import GRPO_ONLY_FIELDS, TRAINING_ALIASES, RunConfig
 from rlfoundry.errors import ConfigError
 from rlfoundry.registry import did_you_mean
+from rlfoundry.training.backends import resolve_backends
 
 
 class _Loader(yaml.SafeLoader):
@@ -152,6 +153,7 @@ def finalize(cfg: RunConfig) -> RunConfig:
     from rlfoundry.training.distributed import launched_world_size
 
     trainer_cls.validate_world(cfg, launched_world_size())
+    cfg.logging.backends = resolve_backends(cfg.logging)
     return cfg
 
 

@@ -158,9 +158,42 @@ class TrainingConfig(Section):
         "performance, metric: reward_mean, low: 0.5, high: 0.8}: lr x1.1 below low, x0.9 above high.")
 
 
+LoggingBackendName = Literal["jsonl", "tensorboard", "mlflow", "wandb"]
+
+
+class MLflowConfig(Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: a local file store, "
+        "'file:<output_dir>/mlruns'; browse it with `mlflow ui --backend-store-uri <that uri>`).")
+    experiment_name: str = Field("rlfoundry", description="MLflow experiment the run is logged under.")
+    run_name: str | None = Field(None, description="Run name (default: the output directory's name).")
+
+
+class WandbConfig(Section):
+    project: str = Field("rlfoundry", description="Weights & Biases project.")
+    entity: str | None = Field(None, description="W&B entity (user or team); online mode only.")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="'offline' writes the run under <dir>/wandb with no network access "
+        "(upload later with `wandb sync`); 'online' streams to the W&B server (needs `wandb login`).")
+    dir: str | None = Field(None, description="Directory the wandb/ folder goes in (default: output_dir).")
+    run_name: str | None = Field(None, description="Run name (default: the output directory's name).")
+    tags: list[str] = Field(default_factory=list, description="Tags of the W&B run.")
+
+
 class LoggingConfig(Section):
-    tensorboard: bool = Field(True, description="Write TensorBoard event files to <output_dir>/tensorboard.")
+    backends: list[LoggingBackendName] = Field(
+        default_factory=lambda: ["jsonl", "tensorboard"],
+        description="Where step metrics go. 'jsonl': <output_dir>/metrics.jsonl, always written "
+        "(`rlfoundry plot` and the quickstart report read it); 'tensorboard': "
+        "<output_dir>/tensorboard; 'mlflow': an MLflow run (pip install 'rlfoundry[mlflow]'); "
+        "'wandb': a Weights & Biases run, offline by default (pip install 'rlfoundry[wandb]').",
+    )
+    tensorboard: bool | None = Field(
+        None, description="Shorthand kept from earlier versions: true adds 'tensorboard' to "
+        "backends, false removes it.")
     progress_bar: bool = Field(True, description="Show a console progress bar with key metrics.")
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig, description="Options of the 'mlflow' backend.")
+    wandb: WandbConfig = Field(default_factory=WandbConfig, description="Options of the 'wandb' backend.")
 
 
 class AdaptiveStage(Section):

@@ -223,7 +223,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
         note = self._restore(resume_from) if resume_from is not None else ""
-        self.logger = (MetricsLogger(self.output_dir, self.config.logging, self.total_steps, self.step)
+        self.logger = (MetricsLogger(self.output_dir, self.config.logging, self.total_steps, self.step,
+                                     run_config=self.config.model_dump(mode="json"),
+                                     desc=self.config.algorithm.name)
                        if self.dist.is_main else NullLogger())
         if resume_from is not None:
             self.logger.write(f"resumed from {resume_from} at step {self.step}{note}")

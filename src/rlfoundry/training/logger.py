@@ -1,22 +1,25 @@
-"""Metrics out: metrics.jsonl (one object per step), TensorBoard, a console progress bar."""
+"""Metrics out: metrics.jsonl (one object per step), the configured logging backends
+(TensorBoard, MLflow, W&B: :mod:`rlfoundry.training.backends`), a console progress bar."""
 
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from rlfoundry.config.schema import LoggingConfig
+from rlfoundry.training.backends import open_backends
 
 PROGRESS_KEYS = ("loss", "accuracy", "reward_gap", "reward_mean", "grad_norm")
 
 
 class MetricsLogger:
     def __init__(self, output_dir: str | Path, cfg: LoggingConfig, total_steps: int,
-                 start_step: int = 0):
+                 start_step: int = 0, run_config: Mapping[str, Any] | None = None,
+                 desc: str = "train"):
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
@@ -25,22 +28,20 @@ class MetricsLogger:
         elif start_step > 0 and self.path.exists():
             _truncate_after(self.path, start_step)
         self._file = self.path.open("a", encoding="utf-8")
-        self._tb = None
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step or None)
+        try:
+            self._backends = open_backends(cfg, self.dir, start_step, run_config)
+        except BaseException:
+            self._file.close()
+            raise
         self._bar = tqdm(total=total_steps, initial=start_step, disable=not cfg.progress_bar,
-                         dynamic_ncols=True, desc="train")
+                         dynamic_ncols=True, desc=desc)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **metrics}
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(k, v, step)
+        for backend in self._backends:
+            backend.log(step, metrics)
         if not k_is_eval(metrics):
             self._bar.update(step - self._bar.n)
             shown = {k: f"{metrics[k]:.4g}" for k in PROGRESS_KEYS if k in metrics}
@@ -52,8 +53,8 @@ class MetricsLogger:
     def close(self) -> None:
         self._bar.close()
         self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        for backend in self._backends:
+            backend.close()
 
 
 class NullLogger:
