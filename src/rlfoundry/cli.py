@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -77,6 +78,107 @@ def _check_loss(args) -> int:
     return 0 if report.passed else 1
 
 
+def _quickstart(args) -> int:
+    from rlfoundry.quickstart import run_quickstart
+    from rlfoundry.report import headline, results_table
+
+    summary = run_quickstart(args.output_dir, fast=args.fast, overrides=args.overrides,
+                             progress=not args.no_progress)
+    out = Path(args.output_dir)
+    print("\n" + results_table(summary) + "\n\n" + headline(summary))
+    print(f"\nreport: {out / 'report.md'}; plots: {out / 'plots'}; models: "
+          f"{out}/{{sft,grpo,dpo}}/final")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"values must be >= 1, got '{text}'")
+    return values
+
+
+def _eval(args) -> int:
+    from rlfoundry import evaluation
+    from rlfoundry.errors import ConfigError
+    from rlfoundry.models import load_model, load_tokenizer
+    from rlfoundry.training.base import select_device
+
+    if not args.prompts and not args.pairs:
+        raise ConfigError("eval: give --prompts (accuracy, pass@k) and/or --pairs (preference accuracy)")
+    device = select_device(args.device)
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, tokenizer, seed=args.seed).to(device).eval()
+    result: dict = {"model": args.model}
+    if args.prompts:
+        reward_fns = _eval_rewards(args)
+        dataset = evaluation.load_prompts(args.prompts, args.limit)
+        ks = args.k if args.num_samples else []
+        metrics, samples = evaluation.evaluate_prompts(
+            model, tokenizer, dataset, reward_fns, ks=ks, num_samples=args.num_samples,
+            temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+            threshold=args.threshold, seed=args.seed, show=args.show)
+        result["prompts"] = {"source": args.prompts, "rewards": [n for n, _, _ in reward_fns], **metrics}
+        result["samples"] = samples
+        print(f"{args.prompts}: {int(metrics['num_prompts'])} prompts, reward "
+              f"{' + '.join(result['prompts']['rewards'])}, correct = reward >= {args.threshold:g}")
+        print(f"  accuracy (greedy)  {metrics['accuracy']:.3f}")
+        print(f"  reward mean        {metrics['reward_mean']:.3f}")
+        for k in ks:
+            print(f"  pass@{k:<13} {metrics[f'pass@{k}']:.3f}   "
+                  f"(n={args.num_samples} samples, temperature {args.temperature:g})")
+        for i, sample in enumerate(samples, start=1):
+            print(f"  [{i}] prompt {sample['prompt']!r} -> {sample['completion']!r} "
+                  f"(answer {sample['answer']!r}, reward {sample['reward']})")
+    if args.pairs:
+        reference = load_model(args.reference, tokenizer).to(device).eval() if args.reference else None
+        pairs = evaluation.load_pairs(args.pairs, args.limit)
+        metrics = evaluation.preference_accuracy(model, tokenizer, pairs, reference)
+        how = f"implicit reward vs {args.reference}" if reference is not None else "log-probs, no reference"
+        result["pairs"] = {"source": args.pairs, "reference": args.reference, **metrics}
+        print(f"{args.pairs}: {int(metrics['num_pairs'])} pairs ({how})")
+        print(f"  preference accuracy {metrics['preference_accuracy']:.3f}")
+        print(f"  mean margin         {metrics['margin_mean']:+.3f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _eval_rewards(args):
+    from rlfoundry.algorithms.grpo import DEFAULT_REWARDS
+    from rlfoundry.errors import ConfigError
+    from rlfoundry.plugins import import_plugins
+    from rlfoundry.rewards import resolve_rewards
+
+    import_plugins(args.plugins)
+    names = args.reward
+    if not names:
+        builtin = args.prompts[len("builtin:"):] if args.prompts.startswith("builtin:") else None
+        if builtin not in DEFAULT_REWARDS:
+            raise ConfigError("eval: --reward is needed for these prompts (e.g. --reward "
+                              "math_accuracy, or my_module:my_reward); see `rlfoundry list`")
+        names = [spec["name"] for spec in DEFAULT_REWARDS[builtin]]
+    try:
+        return resolve_rewards(names)
+    except ConfigError as e:
+        raise ConfigError(f"eval --reward: {e}") from None
+
+
+def _plot(args) -> int:
+    from rlfoundry.plotting import plot_runs
+
+    out = args.out or (Path(args.runs[0]) / "plots" if len(args.runs) == 1 else Path("plots"))
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    for path in plot_runs(args.runs, out, metrics):
+        print(path)
+    return 0
+
+
 def _export(args) -> int:
     from rlfoundry.export import export
 
@@ -95,6 +197,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML config file (omit for the built-in DPO demo)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=1e-5")
     p.set_defaults(func=_train)
+    p = sub.add_parser(
+        "quickstart", help="the built-in demo: SFT -> GRPO and DPO on a tiny model, with plots and a report",
+        description="SFT warm start and GRPO on a verifiable task, DPO on synthetic preferences, "
+        "all on the built-in tiny model (no downloads, about a minute on 2 CPU cores); prints the "
+        "before/after table and writes plots, report.md and summary.json to the output directory.")
+    p.add_argument("--output-dir", default="runs/quickstart", help="where the runs, plots and report go")
+    p.add_argument("--fast", action="store_true",
+                   help="a few steps per stage: checks the pipeline in seconds (figures not meaningful)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*",
+                   help="config overrides for every stage (training.seed=1) or one (grpo.training.max_steps=80)")
+    p.set_defaults(func=_quickstart)
+    p = sub.add_parser(
+        "eval", help="accuracy / pass@k on prompts with a reward; preference accuracy on pairs",
+        description="Evaluate a model (a local Hugging Face directory such as RUN/final, or builtin:tiny). "
+        "--prompts: greedy accuracy (reward >= --threshold), mean reward and pass@k from "
+        "--num-samples sampled completions; --pairs: share of pairs ranked chosen over rejected. "
+        "Built-in sets (builtin:max, builtin:addition, builtin:sort_preferences, ...) use their "
+        "held-out split, the one training evaluates on.")
+    p.add_argument("model", help="model directory (e.g. runs/quickstart/grpo/final) or builtin:tiny")
+    p.add_argument("--prompts", help="prompt rows (.jsonl/.json/.parquet/.csv or builtin:NAME)")
+    p.add_argument("--reward", nargs="+", default=[],
+                   help="reward functions by name or module:function (default for built-in sets: theirs)")
+    p.add_argument("--threshold", type=float, default=1.0, help="a completion is correct when its reward >= this")
+    p.add_argument("--k", type=_int_list, default=[1, 4], help="pass@k values, comma-separated (default 1,4)")
+    p.add_argument("--num-samples", type=int, default=8,
+                   help="sampled completions per prompt for pass@k (0: greedy accuracy only)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for pass@k")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="completion length limit")
+    p.add_argument("--pairs", help="preference rows (prompt/chosen/rejected) or builtin:sort_preferences")
+    p.add_argument("--reference", help="reference model for DPO's implicit reward (default: plain log-probs)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
+    p.add_argument("--show", type=int, default=3, help="sample generations to print")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--plugins", nargs="*", default=[], help="modules/files that register custom rewards")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=_eval)
+    p = sub.add_parser(
+        "plot", help="PNG curves from metrics.jsonl; several runs overlaid",
+        description="One PNG per metric family (loss, reward, kl, accuracy, length) or chosen key, "
+        "every run drawn on the same axes (legend: the run directory's name).")
+    p.add_argument("runs", nargs="+", help="run directories (each with a metrics.jsonl)")
+    p.add_argument("--out", help="output directory (default: RUN/plots for one run, ./plots for several)")
+    p.add_argument("--metrics", help="comma-separated families or keys, e.g. loss,eval/accuracy,grad_norm")
+    p.set_defaults(func=_plot)
     p = sub.add_parser("list", help="list everything registered (algorithms, losses, advantages, "
                        "groupings, rewards, schedules), built-in and from plugins")
     p.add_argument("kind", nargs="?", choices=["algorithms", "losses", "advantage", "grouping",

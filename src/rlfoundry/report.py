@@ -1,0 +1,114 @@
+"""The quickstart's markdown: the before/after table (also printed) and ``report.md``.
+
+Pure functions of the summary dict that :func:`rlfoundry.quickstart.run_quickstart` writes
+to ``summary.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Summary = dict[str, Any]
+
+
+def cell(value: Any) -> str:
+    """A value as one markdown table cell (code-formatted text, pipes escaped)."""
+    if value is None:
+        return "-"
+    text = str(value).strip().replace("\n", " ").replace("|", "\\|")
+    return f"`{text}`" if text else "(empty)"
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def change(stage: dict[str, Any]) -> str:
+    """After minus before: accuracy points for accuracies, plain difference otherwise."""
+    before, after = stage["before"], stage["after"]
+    if before is None or after is None:
+        return "-"
+    if stage["metric"] == "accuracy":
+        return f"{100 * (after - before):+.1f} pts"
+    return f"{after - before:+.3f}"
+
+
+def results_table(summary: Summary) -> str:
+    """Markdown table: per stage, the held-out metric before and after, steps and wall time."""
+    lines = ["| stage | task | held-out metric | before | after | change | steps | time |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in summary["stages"]:
+        lines.append(f"| {s['title']} | {s['task']} | {s['metric_title']} | {number(s['before'])} | "
+                     f"{number(s['after'])} | {change(s)} | {s['steps']} | {s['seconds']:.0f} s |")
+    lines.append(f"| total | | | | | | | {summary['total_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def headline(summary: Summary) -> str:
+    """One sentence with the two figures the quickstart is judged by."""
+    stages = {s["name"]: s for s in summary["stages"]}
+    grpo, dpo = stages.get("grpo"), stages.get("dpo")
+    parts = []
+    if grpo and grpo["before"] is not None and grpo["after"] is not None:
+        parts.append(f"GRPO moves held-out exact match from {grpo['before']:.1%} (the SFT warm "
+                     f"start) to {grpo['after']:.1%} ({change(grpo)})")
+    if dpo and dpo["after"] is not None:
+        parts.append(f"DPO reaches {dpo['after']:.1%} held-out preference accuracy "
+                     f"(from {dpo['before']:.1%})")
+    return "; ".join(parts) + "." if parts else ""
+
+
+def _samples(summary: Summary) -> list[str]:
+    lines = ["| prompt | answer | after SFT | after GRPO |", "|---|---|---|---|"]
+    for s in summary["grpo_samples"]:
+        lines.append(f"| {cell(s['prompt'])} | {cell(s['answer'])} | {cell(s['sft'])} | {cell(s['grpo'])} |")
+    return lines
+
+
+def _pairs(summary: Summary) -> list[str]:
+    lines = ["| prompt | chosen | rejected | margin |", "|---|---|---|---|"]
+    for p in summary["dpo_pairs"]:
+        lines.append(f"| {cell(p['prompt'])} | {cell(p['chosen'])} | {cell(p['rejected'])} | "
+                     f"{p['margin']:+.2f} |")
+    return lines
+
+
+def _settings(summary: Summary) -> list[str]:
+    lines = ["| stage | model | data | batch | learning rate | loss | seed | config |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in summary["stages"]:
+        c = s["settings"]
+        lines.append(f"| {s['name']} | {cell(c['model'])} | {cell(c['data'])} | {c['batch_size']} | "
+                     f"{c['learning_rate']:g} | {cell(c['loss'])} | {c['seed']} | "
+                     f"[{s['name']}/config.yaml]({s['name']}/config.yaml) |")
+    return lines
+
+
+def render_report(summary: Summary) -> str:
+    """The full ``report.md``."""
+    out = ["# rlfoundry quickstart", ""]
+    if summary.get("fast"):
+        out += ["> `--fast`: a smoke run with a few steps per stage; its figures are not meaningful.", ""]
+    out += [
+        "The built-in demonstration on the tiny random-init model (`builtin:tiny`, about 1.6M "
+        "parameters): a supervised warm start and GRPO on a verifiable task (name the largest "
+        "digit of a list), and DPO on synthetic preferences (letters in sorted order).", "",
+        "## Results", "", results_table(summary), "", headline(summary), "",
+        "## Curves", "",
+        "One figure per metric family, one panel per stage that logs it; dashed lines are "
+        "held-out (`eval/`) values. `rlfoundry plot RUN_DIR [RUN_DIR ...]` draws them for any "
+        "runs, overlaid.", "",
+    ]
+    out += [f"![{p.rsplit('/', 1)[-1][:-4]}]({p})" for p in summary["plots"]]
+    out += ["", "## Sample generations", "",
+            "Held-out prompts, greedy decoding, before (the SFT model) and after GRPO:", "",
+            *_samples(summary), "",
+            "## DPO on held-out pairs", "",
+            "Implicit-reward margin after DPO, beta-free: (log pi - log pi_ref)(chosen) - "
+            "(log pi - log pi_ref)(rejected); above 0 the model prefers the chosen answer.", "",
+            *_pairs(summary), "",
+            "## Stages", "", *_settings(summary), "",
+            "Rerun a stage with `rlfoundry train <stage>/config.yaml`; score a model with "
+            "`rlfoundry eval <stage>/final --prompts builtin:max` or `--pairs "
+            "builtin:sort_preferences`.", ""]
+    return "\n".join(out)
