@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from rlfoundry import evaluation
+from rlfoundry.cli import main
 from rlfoundry.data import PreferenceDataset, PromptDataset
 from rlfoundry.errors import ConfigError
 from rlfoundry.models import build_model
@@ -92,8 +94,9 @@ def test_builtin_sets_must_match_the_option(tmp_path):
     assert len(evaluation.load_prompts("builtin:max", limit=7)) == 7
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rlfoundry", *args], capture_output=True, text=True, cwd=cwd)
+def run_cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: extra threads only contend
+    return subprocess.run([sys.executable, "-m", "rlfoundry", *args], capture_output=True, text=True, env=env)
 
 
 def test_eval_cli_end_to_end_on_the_tiny_model(tmp_path):
@@ -116,14 +119,16 @@ def test_eval_cli_end_to_end_on_the_tiny_model(tmp_path):
     assert "[1] prompt 'max: " in proc.stdout
 
 
-def test_eval_cli_errors_are_clear(tmp_path):
-    proc = run_cli("eval", "builtin:tiny")
-    assert proc.returncode == 2 and "give --prompts" in proc.stderr
+def test_eval_cli_errors_are_clear(tmp_path, capsys):
+    def error(*args):
+        assert main(["eval", *args]) == 2
+        return capsys.readouterr().err
+
+    assert "give --prompts" in error("builtin:tiny")
     rows = tmp_path / "p.jsonl"
     rows.write_text(json.dumps({"prompt": "hi", "answer": "1"}) + "\n")
-    proc = run_cli("eval", "builtin:tiny", "--prompts", str(rows))
-    assert proc.returncode == 2 and "--reward is needed" in proc.stderr
-    proc = run_cli("eval", "builtin:tiny", "--prompts", str(rows), "--reward", "math_acuracy")
-    assert proc.returncode == 2 and "did you mean 'math_accuracy'" in proc.stderr
-    proc = run_cli("eval", str(tmp_path / "missing"), "--prompts", "builtin:max")
-    assert proc.returncode == 2 and "is not a local directory" in proc.stderr
+    assert "--reward is needed" in error("builtin:tiny", "--prompts", str(rows))
+    assert "did you mean 'math_accuracy'" in error("builtin:tiny", "--prompts", str(rows),
+                                                   "--reward", "math_acuracy")
+    assert "is not a local directory" in error(str(tmp_path / "missing"), "--prompts", "builtin:max")
+    assert "is no file and no built-in set" in error("builtin:tiny", "--pairs", str(tmp_path / "x.jsonl"))

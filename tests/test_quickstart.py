@@ -60,7 +60,7 @@ def test_fast_quickstart_is_deterministic_and_writes_everything(tmp_path):
 def test_quickstart_from_the_cli_meets_its_figures(tmp_path):
     """Issue acceptance: GRPO adds at least 15 points of held-out exact match over the SFT
     warm start, DPO reaches at least 90% held-out preference accuracy; the table is printed,
-    the plots and the report are written, and `rlfoundry eval` reproduces the GRPO figure."""
+    the plots and the report are written, and `rlfoundry eval` reproduces both figures."""
     out = tmp_path / "qs"
     proc = subprocess.run([sys.executable, "-m", "rlfoundry", "quickstart", "--output-dir", str(out),
                            "--no-progress"], capture_output=True, text=True)
@@ -89,3 +89,7 @@ def test_quickstart_from_the_cli_meets_its_figures(tmp_path):
     assert main(["eval", str(out / "grpo" / "final"), "--prompts", "builtin:max", "--num-samples", "0",
                  "--max-new-tokens", "3", "--json", str(result)]) == 0
     assert json.loads(result.read_text())["prompts"]["accuracy"] == pytest.approx(grpo["after"])
+    # DPO's reference is the seed-42 random-init model, rebuilt by --seed 42
+    assert main(["eval", str(out / "dpo" / "final"), "--pairs", "builtin:sort_preferences", "--limit",
+                 "128", "--reference", "builtin:tiny", "--seed", "42", "--json", str(result)]) == 0
+    assert json.loads(result.read_text())["pairs"]["preference_accuracy"] == pytest.approx(dpo["after"])

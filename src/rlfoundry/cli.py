@@ -83,7 +83,7 @@ def _quickstart(args) -> int:
     from rlfoundry.report import headline, results_table
 
     summary = run_quickstart(args.output_dir, fast=args.fast, overrides=args.overrides,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, threads=args.threads)
     out = Path(args.output_dir)
     print("\n" + results_table(summary) + "\n\n" + headline(summary))
     print(f"\nreport: {out / 'report.md'}; plots: {out / 'plots'}; models: "
@@ -134,7 +134,8 @@ def _eval(args) -> int:
             print(f"  [{i}] prompt {sample['prompt']!r} -> {sample['completion']!r} "
                   f"(answer {sample['answer']!r}, reward {sample['reward']})")
     if args.pairs:
-        reference = load_model(args.reference, tokenizer).to(device).eval() if args.reference else None
+        reference = (load_model(args.reference, tokenizer, seed=args.seed).to(device).eval()
+                     if args.reference else None)
         pairs = evaluation.load_pairs(args.pairs, args.limit)
         metrics = evaluation.preference_accuracy(model, tokenizer, pairs, reference)
         how = f"implicit reward vs {args.reference}" if reference is not None else "log-probs, no reference"
@@ -206,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true",
                    help="a few steps per stage: checks the pipeline in seconds (figures not meaningful)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the tiny model gains nothing from more)")
     p.add_argument("overrides", nargs="*",
                    help="config overrides for every stage (training.seed=1) or one (grpo.training.max_steps=80)")
     p.set_defaults(func=_quickstart)
@@ -230,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="reference model for DPO's implicit reward (default: plain log-probs)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
     p.add_argument("--show", type=int, default=3, help="sample generations to print")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed, and the init seed of builtin: models (a run's training.seed "
+                   "rebuilds its random-init reference, e.g. --reference builtin:tiny --seed 42)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--plugins", nargs="*", default=[], help="modules/files that register custom rewards")
     p.add_argument("--json", help="also write the results to this JSON file")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from rlfoundry.config import RunConfig, load_config
@@ -137,14 +138,31 @@ def first_rows(dataset, n: int):
 
 
 def run_quickstart(output_dir: str | Path = "runs/quickstart", *, fast: bool = False,
-                   overrides: Sequence[str] = (), progress: bool = True,
+                   overrides: Sequence[str] = (), progress: bool = True, threads: int = 1,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the three stages, then write plots, report.md and summary.json; return the summary."""
+    """Run the three stages, then write plots, report.md and summary.json; return the summary.
+
+    ``threads`` is torch's intra-op thread count while it runs (restored after): the tiny
+    model's matrices are too small to gain from more, and on a machine whose cores are busy
+    extra threads mostly spin (measured 5x slower with 2 threads than 1 on 2 shared cores).
+    One thread also makes the figures independent of the machine's core count.
+    """
+    if threads < 1:
+        raise ConfigError(f"quickstart: threads must be >= 1, got {threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(Path(output_dir), fast, overrides, progress, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(root: Path, fast: bool, overrides: Sequence[str], progress: bool,
+         log: Callable[[str], None]) -> dict[str, Any]:
     from rlfoundry.evaluation import pair_margins
     from rlfoundry.plotting import plot_runs
     from rlfoundry.report import render_report
 
-    root = Path(output_dir)
     configs = stage_configs(root, overrides, fast, progress)
     start = time.perf_counter()
     stages, trainers = [], {}
@@ -174,6 +192,7 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", *, fast: bool = F
                       panels=True)
     summary = {
         "fast": fast,
+        "threads": torch.get_num_threads(),
         "total_seconds": round(time.perf_counter() - start, 1),
         "stages": stages,
         "grpo_samples": grpo_samples,

@@ -93,7 +93,8 @@ def render_report(summary: Summary) -> str:
         "The built-in demonstration on the tiny random-init model (`builtin:tiny`, about 1.6M "
         "parameters): a supervised warm start and GRPO on a verifiable task (name the largest "
         "digit of a list), and DPO on synthetic preferences (letters in sorted order).", "",
-        "## Results", "", results_table(summary), "", headline(summary), "",
+        "## Results", "", results_table(summary), "", headline(summary),
+        f"Times are wall-clock seconds with {summary.get('threads', 1)} torch thread(s).", "",
         "## Curves", "",
         "One figure per metric family, one panel per stage that logs it; dashed lines are "
         "held-out (`eval/`) values. `rlfoundry plot RUN_DIR [RUN_DIR ...]` draws them for any "
