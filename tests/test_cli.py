@@ -40,7 +40,8 @@ def test_seed_custom_dpo_yaml_runs_and_extra_columns_reach_the_loss(tmp_path, mo
 
 @pytest.mark.slow
 def test_default_demo_learns_preferences(tmp_path, capsys):
-    """The README's main command: held-out preference accuracy from 0.5 to >= 0.9."""
+    """The built-in DPO demo (`rlfoundry train` with no file): held-out preference accuracy
+    from 0.5 to >= 0.9."""
     code = main(["train", f"training.output_dir={tmp_path}", "logging.progress_bar=false"])
     assert code == 0
     evals = [r for r in records(tmp_path) if "eval/accuracy" in r]

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -95,8 +94,7 @@ def test_builtin_sets_must_match_the_option(tmp_path):
 
 
 def run_cli(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: extra threads only contend
-    return subprocess.run([sys.executable, "-m", "rlfoundry", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "rlfoundry", *args], capture_output=True, text=True)
 
 
 def test_eval_cli_end_to_end_on_the_tiny_model(tmp_path):

@@ -103,7 +103,6 @@ def _int_list(text: str) -> list[int]:
 
 def _eval(args) -> int:
     from rlfoundry import evaluation
-    from rlfoundry.errors import ConfigError
     from rlfoundry.models import load_model, load_tokenizer
     from rlfoundry.training.base import select_device
 
@@ -152,7 +151,6 @@ def _eval(args) -> int:
 
 def _eval_rewards(args):
     from rlfoundry.algorithms.grpo import DEFAULT_REWARDS
-    from rlfoundry.errors import ConfigError
     from rlfoundry.plugins import import_plugins
     from rlfoundry.rewards import resolve_rewards
 
