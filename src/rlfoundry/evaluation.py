@@ -52,7 +52,7 @@ def _split_builtin(spec: str) -> str | None:
     return spec[len(BUILTIN):] if spec.startswith(BUILTIN) else None
 
 
-def _first(dataset, limit: int | None):
+def first_rows(dataset, limit: int | None):
     """``dataset`` cut to its first ``limit`` rows (rows keep their file locations)."""
     if limit is not None:
         dataset.examples = dataset.examples[:limit]
@@ -67,7 +67,7 @@ def load_prompts(spec: str, limit: int | None = None) -> PromptDataset:
     if name is None:
         if not Path(spec).is_file():
             raise DataError(f"--prompts: '{spec}' is no file and no built-in set (builtin:NAME)")
-        return _first(PromptDataset.from_rows(Path(spec)), limit)
+        return first_rows(PromptDataset.from_rows(Path(spec)), limit)
     if builtin_kind(name) == "preference":
         raise ConfigError(f"--prompts: 'builtin:{name}' is a preference set; pass it to --pairs")
     return PromptDataset.from_rows(builtin_dataset(name, "eval", limit, seed=0))
@@ -81,7 +81,7 @@ def load_pairs(spec: str, limit: int | None = None) -> PreferenceDataset:
     if name is None:
         if not Path(spec).is_file():
             raise DataError(f"--pairs: '{spec}' is no file and no built-in set (builtin:NAME)")
-        return _first(PreferenceDataset.from_rows(Path(spec)), limit)
+        return first_rows(PreferenceDataset.from_rows(Path(spec)), limit)
     if builtin_kind(name) != "preference":
         raise ConfigError(f"--pairs: 'builtin:{name}' is not a preference set "
                           f"(try builtin:sort_preferences)")

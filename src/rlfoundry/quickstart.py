@@ -124,17 +124,35 @@ def stage_summary(stage: Stage, cfg: RunConfig, trainer, seconds: float) -> dict
     }
 
 
-def greedy_answers(model, tokenizer, cfg: RunConfig, dataset: PromptDataset) -> list[str]:
-    from rlfoundry.evaluation import generate
+def grpo_samples(sft_model, grpo_trainer, cfg: RunConfig, n: int = NUM_SAMPLES) -> list[dict[str, Any]]:
+    """The first ``n`` held-out GRPO prompts with the greedy answers of the SFT model (before)
+    and of the GRPO model (after)."""
+    from rlfoundry.evaluation import first_rows, generate
     from rlfoundry.rollout import SamplingParams
 
+    tok = grpo_trainer.tokenizer
+    probe = first_rows(load_dataset_spec(cfg.data, "eval", PromptDataset), n)
+    ids = probe.tokenize(tok)
     params = SamplingParams(0.0, 1.0, 0, cfg.algorithm.sampling.max_new_tokens)
-    return generate(model, tokenizer, dataset.tokenize(tokenizer), 1, params)
+    before = generate(sft_model, tok, ids, 1, params)
+    after = generate(grpo_trainer.model, tok, ids, 1, params)
+    return [{"prompt": render_prompt(tok, ex.prompt), "answer": ex.extras.get("answer"), "sft": b, "grpo": a}
+            for ex, b, a in zip(probe, before, after)]
 
 
-def first_rows(dataset, n: int):
-    dataset.examples = dataset.examples[:n]
-    return dataset
+def dpo_pairs(dpo_trainer, cfg: RunConfig, n: int = NUM_SAMPLES) -> list[dict[str, Any]]:
+    """The first ``n`` held-out pairs with the trained model's implicit-reward margin against
+    the reference it started from (rebuilt from the config: model path and seed)."""
+    from rlfoundry.evaluation import first_rows, pair_margins
+    from rlfoundry.models import load_model
+
+    tok = dpo_trainer.tokenizer
+    pairs = first_rows(load_dataset_spec(cfg.data, "eval", PreferenceDataset), n)
+    reference = load_model(cfg.model.name_or_path, tok, cfg.model.dtype, seed=cfg.training.seed)
+    margins = pair_margins(dpo_trainer.model, tok, pairs, reference.to(dpo_trainer.device).eval(),
+                           max_length=cfg.data.max_length)
+    return [{"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, "margin": float(m)}
+            for ex, m in zip(pairs, margins)]
 
 
 def run_quickstart(output_dir: str | Path = "runs/quickstart", *, fast: bool = False,
@@ -159,16 +177,12 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", *, fast: bool = F
 
 def _run(root: Path, fast: bool, overrides: Sequence[str], progress: bool,
          log: Callable[[str], None]) -> dict[str, Any]:
-    from rlfoundry.evaluation import pair_margins
     from rlfoundry.plotting import plot_runs
     from rlfoundry.report import render_report
 
     configs = stage_configs(root, overrides, fast, progress)
     start = time.perf_counter()
     stages, trainers = [], {}
-    grpo_cfg = configs["grpo"]
-    probe = first_rows(load_dataset_spec(grpo_cfg.data, "eval", PromptDataset), NUM_SAMPLES)
-    before: list[str] = []
     for i, stage in enumerate(STAGES, start=1):
         cfg = configs[stage.name]
         log(f"\n[{i}/{len(STAGES)}] {stage.title}: {stage.task} "
@@ -177,26 +191,17 @@ def _run(root: Path, fast: bool, overrides: Sequence[str], progress: bool,
         trainer, seconds = train_stage(cfg)
         trainers[stage.name] = trainer
         stages.append(stage_summary(stage, cfg, trainer, seconds))
-        if stage.name == "sft":  # the SFT model's answers, for the before/after samples
-            before = greedy_answers(trainer.model, trainer.tokenizer, grpo_cfg, probe)
-    grpo, dpo = trainers["grpo"], trainers["dpo"]
-    after = greedy_answers(grpo.model, grpo.tokenizer, grpo_cfg, probe)
-    grpo_samples = [{"prompt": render_prompt(grpo.tokenizer, ex.prompt), "answer": ex.extras.get("answer"),
-                     "sft": b, "grpo": a} for ex, b, a in zip(probe, before, after)]
-    pairs = first_rows(load_dataset_spec(configs["dpo"].data, "eval", PreferenceDataset), NUM_SAMPLES)
-    margins = pair_margins(dpo.model, dpo.tokenizer, pairs, getattr(dpo, "ref_model", None),
-                           max_length=configs["dpo"].data.max_length)
-    dpo_pairs = [{"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, "margin": float(m)}
-                 for ex, m in zip(pairs, margins)]
     plots = plot_runs([root / s.name for s in STAGES], root / "plots", labels=list(STAGE_NAMES),
                       panels=True)
+    samples = grpo_samples(trainers["sft"].model, trainers["grpo"], configs["grpo"])
+    pairs = dpo_pairs(trainers["dpo"], configs["dpo"])
     summary = {
         "fast": fast,
         "threads": torch.get_num_threads(),
         "total_seconds": round(time.perf_counter() - start, 1),
         "stages": stages,
-        "grpo_samples": grpo_samples,
-        "dpo_pairs": dpo_pairs,
+        "grpo_samples": samples,
+        "dpo_pairs": pairs,
         "plots": [p.relative_to(root).as_posix() for p in plots],
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
