@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
-from rlfoundry.errors import ConfigError, RLFoundryError
+from rlfoundry.errors import ConfigError, RLFoundryError, TrainingInterrupted
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "dpo_tiny.yaml"
 
@@ -15,10 +16,18 @@ DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "dpo_tiny.yaml"
 def _train(args) -> int:
     from rlfoundry.algorithms.trainer_registry import TRAINERS
     from rlfoundry.config import load_config
+    from rlfoundry.training.storage import check_writable
 
     cfg = load_config(args.config or DEFAULT_RECIPE, args.overrides)
+    check_writable(cfg.training.output_dir)  # before the model is loaded
     trainer = TRAINERS.get(cfg.algorithm.name)(config=cfg)
-    metrics = trainer.train()
+    try:
+        metrics = trainer.train()
+    except TrainingInterrupted as e:
+        if trainer.dist.is_main:
+            print(f"rlfoundry: stopped at step {e.step}; resume with: {resume_command(args)}",
+                  file=sys.stderr)
+        return 128 + e.signum  # the shell convention: 130 for SIGINT, 143 for SIGTERM
     if not trainer.dist.is_main:  # under torchrun rank 0 reports
         return 0
     before, after = trainer.initial_eval, trainer.last_eval
@@ -31,6 +40,13 @@ def _train(args) -> int:
             shown = f"{before[key]:.3f} -> " if key in before else ""
             print(f"held-out {key}: {shown}{after[key]:.3f}")
     return 0
+
+
+def resume_command(args) -> str:
+    """The command line that continues this run from its newest checkpoint."""
+    words = ["rlfoundry", "train"] + ([args.config] if args.config else [])
+    words += [o for o in args.overrides if not o.startswith("training.resume=")]
+    return shlex.join(words + ["training.resume=auto"])
 
 
 def registries() -> dict[str, dict[str, str]]:

@@ -21,3 +21,19 @@ class NonFiniteError(RLFoundryError, FloatingPointError):
 
 class CheckpointError(RLFoundryError):
     """A checkpoint could not be written or read."""
+
+
+class OutputError(RLFoundryError):
+    """The output directory cannot be written (full disk, no permission, a file in the way)."""
+
+
+class TrainingInterrupted(RLFoundryError):
+    """SIGTERM/SIGINT stopped training after a finished step; a checkpoint holds the progress.
+
+    ``step`` is the last finished step, ``signum`` the signal, ``checkpoint`` the checkpoint to
+    resume from (None when no step was finished and none existed).
+    """
+
+    def __init__(self, message: str, *, step: int, signum: int, checkpoint=None) -> None:
+        super().__init__(message)
+        self.step, self.signum, self.checkpoint = step, signum, checkpoint

@@ -21,6 +21,7 @@ chosen responses).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,11 @@ class DPOTrainer(Trainer):
                     "of two (advantages +1/-1) and must be sequence-level without its own KL "
                     f"(got loss_type={c.loss_type}, reference_policy_kl_penalty="
                     f"{c.reference_policy_kl_penalty}); the DPO term already anchors to the reference")
+        if cfg.reference.precompute and not getattr(loss, "requires_reference", True):
+            raise ConfigError(
+                f"reference.precompute: loss '{cfg.algorithm.loss.get('type')}' is reference-free, "
+                f"so there is nothing to precompute; remove reference.precompute"
+            )
 
     # ---- data ----------------------------------------------------------------------------
     def setup_data(self, dataset=None, eval_dataset=None) -> int:
@@ -94,8 +100,8 @@ class DPOTrainer(Trainer):
             eval_dataset is not None or data.eval is not None or _is_builtin(data.train)) else None
         kw = dict(max_length=data.max_length, max_prompt_length=data.max_prompt_length,
                   truncation=data.truncation)
-        self.train_pairs = train.tokenize(self.tokenizer, **kw)
-        self.eval_pairs = evals.tokenize(self.tokenizer, **kw) if evals is not None else []
+        self.train_pairs = _renumbered(train.tokenize(self.tokenizer, **kw))
+        self.eval_pairs = _renumbered(evals.tokenize(self.tokenizer, **kw)) if evals is not None else []
         if not self.train_pairs:
             raise ValueError("no training pairs left after tokenization (all rows dropped?)")
         self._setup_reference()
@@ -207,6 +213,12 @@ def _live_reference_logps(policy, ref, batch: dict[str, Any]) -> torch.Tensor:
     return sequence_logps(ref, batch)
 
 
+def _renumbered(pairs: list) -> list:
+    """Pairs whose ``index`` is their position: the reference table is keyed by it, and rows
+    dropped for length would otherwise leave gaps."""
+    return [dataclasses.replace(p, index=k) for k, p in enumerate(pairs)]
+
+
 def _is_builtin(spec) -> bool:
     return isinstance(spec, str) and spec.startswith("builtin:")
 
@@ -215,5 +227,6 @@ def _as_preference_dataset(dataset, data_cfg, split: str) -> PreferenceDataset:
     if isinstance(dataset, PreferenceDataset):
         return dataset
     if dataset is not None:
-        return PreferenceDataset.from_rows(dataset)
+        return PreferenceDataset.from_rows(dataset, on_bad_row=data_cfg.on_bad_row,
+                                           duplicates=data_cfg.duplicates)
     return load_dataset_spec(data_cfg, split, PreferenceDataset)

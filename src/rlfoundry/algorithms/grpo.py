@@ -58,7 +58,7 @@ from rlfoundry.data.prompts import render_prompt
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.ops.lm_head import response_embeddings, token_logprobs
-from rlfoundry.rewards import compute_rewards, resolve_reward
+from rlfoundry.rewards import NonFiniteRewardError, RewardResult, compute_rewards, resolve_reward
 from rlfoundry.rollout import HFSampler, Rollout, SamplingParams, concat_rollouts
 from rlfoundry.training import distributed
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
@@ -69,6 +69,8 @@ DEFAULT_GROUP_SIZE = 4
 DEFAULT_REWARDS = {"addition": [{"name": "math_accuracy"}], "sort": [{"name": "exact_match"}],
                    "max": [{"name": "math_accuracy"}]}
 LOSS_KEYS_AT_ALGORITHM_LEVEL = ("clip_ratio", "entropy_coef", "value_loss_coef")
+PASSING_REASONS = ("passed", "failed")  # reward reasons that need no explanation in the log
+REASONS_SHOWN_PER_STEP = 3
 
 
 def _nanmean(x: torch.Tensor) -> torch.Tensor:
@@ -256,6 +258,7 @@ class GRPOTrainer(Trainer):
     # ---- rollouts ------------------------------------------------------------------------
     def next_batch(self) -> list[int]:
         if self.buffer is None or self.iteration >= self.num_iterations:
+            self.buffer = None  # a rollout skipped for non-finite rewards is never reused
             self.buffer, self.rollout_metrics = self.make_rollout(self.sampler.next_batch())
             self.iteration = 0
         self.iteration += 1
@@ -269,9 +272,17 @@ class GRPOTrainer(Trainer):
         self.rollout_round += 1
         if self.dist.enabled:
             r = self._gather_round(distributed.all_gather_object(r), prompt_indices)
+        if r["nonfinite"]:  # decided on gathered values: every rank skips (or raises) alike
+            self.nonfinite("rewards", r["nonfinite"])
         with self.full_parameters():  # a strategy may embed samples with the policy
             grouped = self._group(r, prompt_indices) if self.dist.is_main else None
         r["groups"], r["advantages"], r["stats"], r["group_of"] = distributed.broadcast_object(grouped)
+        bad = ~torch.isfinite(torch.as_tensor(r["advantages"], dtype=torch.float64))
+        if bad.any():
+            first = int(bad.nonzero()[0])
+            self.nonfinite("advantages", f"{int(bad.sum())} of {bad.numel()}, first sample {first}: "
+                           f"advantage {float(r['advantages'][first])}, reward "
+                           f"{float(r['rewards'][first])}")
         return r
 
     def _generate_and_score(self, prompt_indices: list[int], share: range) -> dict[str, Any]:
@@ -287,11 +298,45 @@ class GRPOTrainer(Trainer):
         responses = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         columns = _columns(examples)
         columns["completion_lengths"] = [len(c) for c in rollout.completion_ids]
-        result = compute_rewards(self.reward_fns, prompts, responses, columns,
-                                 on_error=self.config.algorithm.reward_error,
-                                 sample_ids=[f"{ex.location}#{i % self.group_size}" for i, ex in enumerate(examples)])
+        sample_ids = [f"{ex.location}#{i % self.group_size}" for i, ex in enumerate(examples)]
+        result, nonfinite = self.score(prompts, responses, columns, sample_ids)
         return dict(rollout=rollout, prompts=prompts, responses=responses, rewards=result.total,
-                    per_function=result.per_function, columns=columns)
+                    per_function=result.per_function, columns=columns, nonfinite=nonfinite,
+                    reason_counts=result.reason_counts())
+
+    def score(self, prompts: list[Any], responses: list[str], columns: dict[str, list[Any]],
+              sample_ids: list[str]) -> tuple[RewardResult, str | None]:
+        """Run the reward functions (``algorithm.reward_error`` / ``reward_timeout`` apply).
+        Returns the result and a description of any NaN/inf reward (None if all are finite),
+        which the caller hands to :meth:`nonfinite` once every rank's rewards are known."""
+        algo = self.config.algorithm
+        try:
+            result = compute_rewards(self.reward_fns, prompts, responses, columns,
+                                     on_error=algo.reward_error, sample_ids=sample_ids,
+                                     timeout=algo.reward_timeout)
+        except NonFiniteRewardError as e:
+            n = len(responses)
+            empty = torch.full((n,), math.nan, dtype=torch.float64)
+            return RewardResult(empty, {name: empty for name, _, _ in self.reward_fns}, {}), str(e)
+        self.report_reward_reasons(result, sample_ids)
+        overflow = torch.isinf(result.total)  # finite rewards whose weighted sum overflows
+        if overflow.any():
+            first = int(overflow.nonzero()[0])
+            return result, f"the weighted total of {sample_ids[first]} is {float(result.total[first])}"
+        return result, None
+
+    def report_reward_reasons(self, result: RewardResult, sample_ids: list[str]) -> None:
+        """Write the first few explained failures (sandbox timeouts, blocked calls, ...) of
+        this rollout to the log; their counts go to the metrics."""
+        shown = 0
+        for name, reasons in result.reasons.items():
+            for i, reason in enumerate(reasons):
+                if reason is None or reason in PASSING_REASONS or shown >= REASONS_SHOWN_PER_STEP:
+                    continue
+                detail = result.details.get(name, [None] * len(reasons))[i]
+                self.logger.write(f"step {self.step + 1}: reward '{name}' on {sample_ids[i]}: "
+                                  f"{reason}{f' ({detail})' if detail else ''}")
+                shown += 1
 
     def _gather_round(self, parts: list[dict[str, Any]], prompt_indices: list[int]) -> dict[str, Any]:
         """The ranks' samples of one round as one round (rank order = single-process order)."""
@@ -303,7 +348,9 @@ class GRPOTrainer(Trainer):
                     rewards=torch.cat([p["rewards"] for p in parts]),
                     per_function={k: torch.cat([p["per_function"][k] for p in parts])
                                   for k in parts[0]["per_function"]},
-                    columns=columns)
+                    columns=columns,
+                    nonfinite=next((p["nonfinite"] for p in parts if p["nonfinite"]), None),
+                    reason_counts=_add_counts([p["reason_counts"] for p in parts]))
 
     def _group(self, r: dict[str, Any], prompt_indices: list[int]):
         """``(groups, advantages, stats, group_of)`` of a whole round."""
@@ -424,6 +471,7 @@ class GRPOTrainer(Trainer):
             "reward_mean": _nanmean(r["rewards"]),
             "reward_std": scored.std() if scored.numel() > 1 else 0.0,
             **{f"reward/{k}": _nanmean(v) for k, v in r["per_function"].items()},
+            **r["reason_counts"],
             **r["stats"],
             "completion_length_mean": lengths.mean(),
             "completion_length_max": lengths.max(),
@@ -589,7 +637,8 @@ class GRPOTrainer(Trainer):
         examples = list(self.eval_set)
         prompts = [render_prompt(self.tokenizer, ex.prompt) for ex in examples]
         columns = _columns(examples)
-        result = compute_rewards(self.reward_fns, prompts, responses, columns, on_error="zero")
+        result = compute_rewards(self.reward_fns, prompts, responses, columns, on_error="zero",
+                                 timeout=self.config.algorithm.reward_timeout)
         metrics = {"reward_mean": float(_nanmean(result.total))}
         metrics.update({f"reward/{k}": float(_nanmean(v)) for k, v in result.per_function.items()})
         if "answer" in columns:
@@ -701,11 +750,21 @@ def _varied(r: dict[str, Any]) -> list[torch.Tensor]:
     return out
 
 
+def _add_counts(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Sum per-rank ``reward/<name>/<reason>`` counts."""
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[k] = out.get(k, 0.0) + v
+    return dict(sorted(out.items()))
+
+
 def _as_prompt_dataset(dataset, data_cfg, split: str) -> PromptDataset:
     if isinstance(dataset, PromptDataset):
         return dataset
     if isinstance(dataset, PreferenceDataset):  # the seed trains GRPO on a preference set's prompts
         return PromptDataset(prompts=[ex.prompt for ex in dataset])
     if dataset is not None:
-        return PromptDataset.from_rows(dataset)
+        return PromptDataset.from_rows(dataset, on_bad_row=data_cfg.on_bad_row,
+                                       duplicates=data_cfg.duplicates)
     return load_dataset_spec(data_cfg, split, PromptDataset)

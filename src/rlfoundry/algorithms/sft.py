@@ -32,8 +32,8 @@ class SFTTrainer(Trainer):
         builtin = isinstance(data.train, str) and data.train.startswith("builtin:")
         evals = eval_dataset if eval_dataset is not None else (
             load_dataset_spec(data, "eval", PromptDataset) if data.eval is not None or builtin else None)
-        self.train_rows = self._tokenize(_as_prompts(train))
-        self.eval_rows = self._tokenize(_as_prompts(evals)) if evals is not None else []
+        self.train_rows = self._tokenize(_as_prompts(train, data))
+        self.eval_rows = self._tokenize(_as_prompts(evals, data)) if evals is not None else []
         return len(self.train_rows)
 
     def _tokenize(self, dataset: PromptDataset) -> list[tuple[list[int], list[int]]]:
@@ -86,5 +86,7 @@ class SFTTrainer(Trainer):
         return acc.result(across_ranks=True)
 
 
-def _as_prompts(dataset) -> PromptDataset:
-    return dataset if isinstance(dataset, PromptDataset) else PromptDataset.from_rows(dataset)
+def _as_prompts(dataset, data) -> PromptDataset:
+    if isinstance(dataset, PromptDataset):
+        return dataset
+    return PromptDataset.from_rows(dataset, on_bad_row=data.on_bad_row, duplicates=data.duplicates)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rlfoundry.config.checks import check_combinations
 from rlfoundry.config.schema import GRPO_ONLY_FIELDS, TRAINING_ALIASES, RunConfig
 from rlfoundry.errors import ConfigError
 from rlfoundry.registry import did_you_mean
@@ -122,16 +123,17 @@ def finalize(cfg: RunConfig) -> RunConfig:
         setattr(train, key, value)
         setattr(algo, key, None)
 
-    if train.micro_batch_size and train.batch_size % train.micro_batch_size:
-        raise ConfigError(
-            f"training.batch_size ({train.batch_size}) must be a multiple of "
-            f"training.micro_batch_size ({train.micro_batch_size})"
-        )
     try:
         trainer_cls = TRAINERS.get(algo.name)
     except ConfigError as e:
         raise ConfigError(f"algorithm.name: {e}") from None
     kind = getattr(trainer_cls, "kind", None)
+    # GRPO micro-batches split the batch_size x group_size samples; its trainer checks those
+    if kind != "grpo" and train.micro_batch_size and train.batch_size % train.micro_batch_size:
+        raise ConfigError(
+            f"training.batch_size ({train.batch_size}) must be a multiple of "
+            f"training.micro_batch_size ({train.micro_batch_size})"
+        )
     if kind != "grpo":
         used = [f for f in GRPO_ONLY_FIELDS if f in algo.model_fields_set]
         if used:
@@ -148,6 +150,7 @@ def finalize(cfg: RunConfig) -> RunConfig:
         if "beta" not in loss:
             loss["reference_policy_kl_penalty"] = algo.beta
     algo.loss = loss
+    check_combinations(cfg, kind or "custom")
     trainer_cls.validate_config(cfg)
     _check_schedules(cfg)
     from rlfoundry.training.distributed import launched_world_size

@@ -79,6 +79,17 @@ class DataConfig(Section):
         description="Over-long rows: 'truncate_prompt' drops prompt tokens from the start, then "
         "cuts responses at the end; 'drop' skips the row (counted and logged); 'error' raises.",
     )
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error",
+        description="A malformed row (invalid JSON or UTF-8, a missing or misspelled key, an empty "
+        "or non-string field): 'error' stops with its file and line; 'skip' leaves it out, counts "
+        "it and logs where the first ones are.",
+    )
+    duplicates: Literal["keep", "drop", "error"] = Field(
+        "keep",
+        description="Rows identical to an earlier row: 'keep' them (counted and logged), 'drop' "
+        "them (counted and logged), or 'error' naming both locations.",
+    )
 
 
 class ReferenceConfig(Section):
@@ -312,8 +323,11 @@ class AlgorithmConfig(Section):
                                 "with 1 the old-log-prob forward is skipped.")
     rewards: list[RewardSpec] = Field(default_factory=list, description="GRPO: reward functions.")
     reward_error: Literal["raise", "zero", "skip"] = Field(
-        "raise", description="GRPO: a reward function that raises: stop with an error naming the "
-        "function and sample, give 0, or give no reward (None).")
+        "raise", description="GRPO: a reward function that raises (or passes reward_timeout): stop "
+        "with an error naming the function and sample, give 0, or give no reward (None).")
+    reward_timeout: float | None = Field(
+        None, gt=0, description="GRPO: seconds one reward function call may take (null: no limit); "
+        "a call that runs longer is interrupted and handled by reward_error.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="GRPO: rollouts.")
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig, description="GRPO: advantages.")
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig,
@@ -329,6 +343,7 @@ class AlgorithmConfig(Section):
 
 
 GRPO_ONLY_FIELDS = ("group_size", "num_generations", "num_iterations", "rewards", "reward_error",
+                    "reward_timeout",
                     "sampling", "advantage", "dynamic_sampling", "group_strategy", "grouping",
                     "clip_ratio", "value_loss_coef", "entropy_coef")
 TRAINING_ALIASES = ("learning_rate", "max_grad_norm", "warmup_steps")

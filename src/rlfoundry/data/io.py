@@ -23,6 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlfoundry.data.row_policy import (
+    ON_BAD_ROW,
+    RowReport,
+    check_choice,
+    keep_or_raise,
+    no_rows_left,
+)
 from rlfoundry.errors import DataError
 
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
@@ -36,13 +43,19 @@ class Row:
     location: str
 
 
-def read_rows(path: str | Path, *, text_columns: Collection[str] = ()) -> list[Row]:
+def read_rows(path: str | Path, *, text_columns: Collection[str] = (), on_bad_row: str = "error",
+              report: RowReport | None = None) -> list[Row]:
     """Read every row of a ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file.
 
     Raises :class:`DataError` (naming the file and line or row) for a missing file, an
     unsupported suffix, an empty file, invalid UTF-8, malformed JSON or a row that is not
-    an object. ``text_columns`` only matters for CSV: those columns stay strings.
+    an object. With ``on_bad_row="skip"`` a bad JSON Lines line (invalid UTF-8 or JSON, not
+    an object) or a non-object item of a ``.json`` list is left out and its message added to
+    ``report.skipped`` instead; whole-file problems are still errors. ``text_columns`` only
+    matters for CSV: those columns stay strings.
     """
+    check_choice("data.on_bad_row", on_bad_row, ON_BAD_ROW)
+    report = report if report is not None else RowReport()
     p = Path(path)
     if not p.exists():
         raise DataError(f"data file not found: {p}")
@@ -50,9 +63,9 @@ def read_rows(path: str | Path, *, text_columns: Collection[str] = ()) -> list[R
         raise DataError(f"data path is not a file: {p}")
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        rows = _read_jsonl(p)
+        rows = _read_jsonl(p, on_bad_row, report)
     elif suffix == ".json":
-        rows = _read_json(p)
+        rows = _read_json(p, on_bad_row, report)
     elif suffix == ".parquet":
         rows = _read_parquet(p)
     elif suffix == ".csv":
@@ -63,17 +76,24 @@ def read_rows(path: str | Path, *, text_columns: Collection[str] = ()) -> list[R
             f"use one of {', '.join(SUFFIXES)}"
         )
     if not rows:
+        if report.skipped:
+            raise no_rows_left(len(report.skipped), report)
         raise DataError(f"{p}: no rows (the file is empty)")
     return rows
 
 
 def load_rows(
-    source: Any, *, text_columns: Collection[str] = ()
+    source: Any, *, text_columns: Collection[str] = (), on_bad_row: str = "error",
+    report: RowReport | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows and their locations from a path, a ``datasets.Dataset``, a pandas DataFrame, or
-    a list of dicts (or of :class:`Row`). Returns ``(rows, locations)``, never empty."""
+    a list of dicts (or of :class:`Row`). Returns ``(rows, locations)``, never empty.
+    ``on_bad_row``/``report``: see :func:`read_rows` (an item that is not a mapping is a bad
+    row too)."""
+    check_choice("data.on_bad_row", on_bad_row, ON_BAD_ROW)
+    report = report if report is not None else RowReport()
     if isinstance(source, (str, Path)):
-        rows = read_rows(source, text_columns=text_columns)
+        rows = read_rows(source, text_columns=text_columns, on_bad_row=on_bad_row, report=report)
         return [r.data for r in rows], [r.location for r in rows]
 
     if _is_instance_of(source, "datasets", "DatasetDict", "IterableDatasetDict"):
@@ -82,16 +102,16 @@ def load_rows(
             f"got a DatasetDict with splits {splits}; pass one split, e.g. dataset['train']"
         )
     if _is_instance_of(source, "datasets", "Dataset", "IterableDataset"):
-        return _from_mappings(source, "<dataset>")
+        return _from_mappings(source, "<dataset>", on_bad_row, report)
     if _is_instance_of(source, "pandas", "DataFrame"):
-        return _from_mappings(source.to_dict("records"), "<dataframe>")
+        return _from_mappings(source.to_dict("records"), "<dataframe>", on_bad_row, report)
     if isinstance(source, Mapping):
         raise DataError(
             "got a single mapping; pass a list of row dicts (one per example), a file path "
             "or a datasets.Dataset"
         )
     if isinstance(source, Sequence) and not isinstance(source, (bytes, bytearray)):
-        return _from_mappings(source, "<python>")
+        return _from_mappings(source, "<python>", on_bad_row, report)
     raise DataError(
         f"cannot read rows from {type(source).__name__}; pass a file path, a datasets.Dataset "
         "or a list of dicts"
@@ -106,7 +126,8 @@ def _is_instance_of(obj: Any, module: str, *names: str) -> bool:
     )
 
 
-def _from_mappings(items: Any, label: str) -> tuple[list[dict[str, Any]], list[str]]:
+def _from_mappings(items: Any, label: str, on_bad_row: str,
+                   report: RowReport) -> tuple[list[dict[str, Any]], list[str]]:
     rows: list[dict[str, Any]] = []
     locations: list[str] = []
     for i, item in enumerate(items):
@@ -116,10 +137,14 @@ def _from_mappings(items: Any, label: str) -> tuple[list[dict[str, Any]], list[s
             continue
         where = f"{label}[row {i}]"
         if not isinstance(item, Mapping):
-            raise DataError(f"{where}: expected a dict, got {type(item).__name__}")
+            keep_or_raise(DataError(f"{where}: expected a dict, got {type(item).__name__}"),
+                          on_bad_row, report)
+            continue
         rows.append(dict(item))
         locations.append(where)
     if not rows:
+        if report.skipped:
+            raise no_rows_left(len(report.skipped), report)
         raise DataError(f"{label}: no rows (the data set is empty)")
     return rows, locations
 
@@ -132,7 +157,7 @@ def _decode(data: bytes, path: Path) -> str:
         raise DataError(f"{path}:{line}: invalid UTF-8 ({e.reason}); re-save the file as UTF-8") from e
 
 
-def _read_jsonl(path: Path) -> list[Row]:
+def _read_jsonl(path: Path, on_bad_row: str, report: RowReport) -> list[Row]:
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -140,25 +165,36 @@ def _read_jsonl(path: Path) -> list[Row]:
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
         where = f"{path}:{lineno}"
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(
-                f"{where}: invalid UTF-8 at byte {e.start} of the line ({e.reason}); "
-                "re-save the file as UTF-8"
-            ) from e
-        if not line.strip():
+            row = _parse_line(raw, where)
+        except DataError as e:
+            keep_or_raise(e, on_bad_row, report)
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from e
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object per line, got {_json_type(obj)}")
-        rows.append(Row(obj, where))
+        if row is not None:
+            rows.append(row)
     return rows
 
 
-def _read_json(path: Path) -> list[Row]:
+def _parse_line(raw: bytes, where: str) -> Row | None:
+    """One JSON Lines line -> a Row (None for a blank line); DataError naming ``where``."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{where}: invalid UTF-8 at byte {e.start} of the line ({e.reason}); "
+            "re-save the file as UTF-8"
+        ) from e
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object per line, got {_json_type(obj)}")
+    return Row(obj, where)
+
+
+def _read_json(path: Path, on_bad_row: str, report: RowReport) -> list[Row]:
     text = _decode(path.read_bytes(), path)
     if not text.strip():
         return []
@@ -179,7 +215,9 @@ def _read_json(path: Path) -> list[Row]:
     for i, item in enumerate(obj):
         where = f"{path}[row {i}]"
         if not isinstance(item, dict):
-            raise DataError(f"{where}: expected a JSON object, got {_json_type(item)}")
+            keep_or_raise(DataError(f"{where}: expected a JSON object, got {_json_type(item)}"),
+                          on_bad_row, report)
+            continue
         rows.append(Row(item, where))
     return rows
 

@@ -46,6 +46,14 @@ from rlfoundry.data.prompts import (
     missing_key_error,
     split_columns,
 )
+from rlfoundry.data.row_policy import (
+    RowReport,
+    build_each,
+    filter_duplicates,
+    log_report,
+    no_rows_left,
+    source_label,
+)
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import did_you_mean
 
@@ -128,23 +136,36 @@ class PreferenceDataset:
         self._build(rows, [f"<python>[row {i}]" for i in range(len(rows))])
 
     @classmethod
-    def from_rows(cls, source: Any) -> PreferenceDataset:
-        """From a path, a ``datasets.Dataset``, a DataFrame or a list of row dicts."""
-        rows, locations = load_rows(source, text_columns=("prompt", "chosen", "rejected"))
+    def from_rows(cls, source: Any, *, on_bad_row: str = "error",
+                  duplicates: str = "keep") -> PreferenceDataset:
+        """From a path, a ``datasets.Dataset``, a DataFrame or a list of row dicts.
+
+        ``on_bad_row`` ("error" | "skip") and ``duplicates`` ("keep" | "drop" | "error") are
+        the ``data.*`` policies of :mod:`rlfoundry.data.row_policy`; ``report`` afterwards
+        says what was skipped or found twice.
+        """
+        report = RowReport()
+        rows, locations = load_rows(source, text_columns=("prompt", "chosen", "rejected"),
+                                    on_bad_row=on_bad_row, report=report)
         self = cls.__new__(cls)
-        self._build(rows, locations)
+        self._build(rows, locations, on_bad_row, duplicates, report)
         return self
 
     @classmethod
-    def from_file(cls, path: str | Path) -> PreferenceDataset:
+    def from_file(cls, path: str | Path, *, on_bad_row: str = "error",
+                  duplicates: str = "keep") -> PreferenceDataset:
         """From a ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file."""
-        return cls.from_rows(Path(path))
+        return cls.from_rows(Path(path), on_bad_row=on_bad_row, duplicates=duplicates)
 
     # ------------------------------------------------------------------ building
 
-    def _build(self, rows: list[dict[str, Any]], locations: list[str]) -> None:
+    def _build(self, rows: list[dict[str, Any]], locations: list[str], on_bad_row: str = "error",
+               duplicates: str = "keep", report: RowReport | None = None) -> None:
         if not rows:
             raise DataError("a PreferenceDataset needs at least one row")
+        self.report = report = report if report is not None else RowReport()
+        total = len(rows) + len(report.skipped)
+        rows, locations = filter_duplicates(rows, locations, duplicates, report)
         implicit = not any("prompt" in row for row in rows)
         if implicit:
             hint = did_you_mean("prompt", [k for k in rows[0] if k not in ("chosen", "rejected")])
@@ -154,10 +175,12 @@ class PreferenceDataset:
                     f"start of chosen/rejected{hint}",
                     stacklevel=3,
                 )
-        self.examples: list[PreferenceExample] = [
-            _normalize(row, where, i, implicit)
-            for i, (row, where) in enumerate(zip(rows, locations))
-        ]
+        self.examples: list[PreferenceExample] = build_each(
+            rows, locations, lambda row, where, i: _normalize(row, where, i, implicit),
+            on_bad_row, report)
+        if not self.examples:
+            raise no_rows_left(total, report)
+        log_report(source_label(locations), total, report)
         self.implicit_prompt = implicit
         self.num_identical = sum(e.chosen == e.rejected for e in self.examples)
         self.num_dropped = 0

@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlfoundry.data.io import load_rows
+from rlfoundry.data.row_policy import (
+    RowReport,
+    build_each,
+    filter_duplicates,
+    log_report,
+    no_rows_left,
+    source_label,
+)
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import did_you_mean
 
@@ -154,6 +162,14 @@ class PromptExample:
         return isinstance(self.prompt, list)
 
 
+def _prompt_example(row: dict[str, Any], where: str, index: int) -> PromptExample:
+    if "prompt" not in row:
+        raise missing_key_error(where, "prompt", row)
+    prompt = check_content(row["prompt"], where, "prompt")
+    extras = {k: v for k, v in row.items() if k != "prompt"}
+    return PromptExample(prompt, extras, where, index)
+
+
 def tokenize_prompt(
     tokenizer: PreTrainedTokenizerBase,
     example: PromptExample | Content,
@@ -189,29 +205,39 @@ class PromptDataset:
         self._build(rows, [f"<python>[row {i}]" for i in range(len(rows))])
 
     @classmethod
-    def from_rows(cls, source: Any) -> PromptDataset:
-        """From a path, a ``datasets.Dataset``, a DataFrame or a list of row dicts."""
-        rows, locations = load_rows(source, text_columns=("prompt",))
+    def from_rows(cls, source: Any, *, on_bad_row: str = "error",
+                  duplicates: str = "keep") -> PromptDataset:
+        """From a path, a ``datasets.Dataset``, a DataFrame or a list of row dicts.
+
+        ``on_bad_row`` ("error" | "skip") and ``duplicates`` ("keep" | "drop" | "error") are
+        the ``data.*`` policies of :mod:`rlfoundry.data.row_policy`; ``report`` afterwards
+        says what was skipped or found twice.
+        """
+        report = RowReport()
+        rows, locations = load_rows(source, text_columns=("prompt",), on_bad_row=on_bad_row,
+                                    report=report)
         self = cls.__new__(cls)
-        self._build(rows, locations)
+        self._build(rows, locations, on_bad_row, duplicates, report)
         return self
 
     @classmethod
-    def from_file(cls, path: str | Path) -> PromptDataset:
+    def from_file(cls, path: str | Path, *, on_bad_row: str = "error",
+                  duplicates: str = "keep") -> PromptDataset:
         """From a ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file."""
-        return cls.from_rows(Path(path))
+        return cls.from_rows(Path(path), on_bad_row=on_bad_row, duplicates=duplicates)
 
-    def _build(self, rows: list[dict[str, Any]], locations: list[str]) -> None:
+    def _build(self, rows: list[dict[str, Any]], locations: list[str], on_bad_row: str = "error",
+               duplicates: str = "keep", report: RowReport | None = None) -> None:
         if not rows:
             raise DataError("a PromptDataset needs at least one row")
-        examples = []
-        for i, (row, where) in enumerate(zip(rows, locations)):
-            if "prompt" not in row:
-                raise missing_key_error(where, "prompt", row)
-            prompt = check_content(row["prompt"], where, "prompt")
-            extras = {k: v for k, v in row.items() if k != "prompt"}
-            examples.append(PromptExample(prompt, extras, where, i))
-        self.examples: list[PromptExample] = examples
+        self.report = report = report if report is not None else RowReport()
+        total = len(rows) + len(report.skipped)
+        rows, locations = filter_duplicates(rows, locations, duplicates, report)
+        self.examples: list[PromptExample] = build_each(rows, locations, _prompt_example,
+                                                        on_bad_row, report)
+        if not self.examples:
+            raise no_rows_left(total, report)
+        log_report(source_label(locations), total, report)
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -24,5 +24,5 @@ def load_dataset_spec(data: DataConfig, split: str, cls):
             rows = builtin_dataset(spec[len(BUILTIN):], split, size, seed=0, **data.builtin_options)
         except (KeyError, ValueError, TypeError) as e:
             raise ConfigError(f"{key}: {e}") from None
-        return cls.from_rows(rows)
-    return cls.from_rows(spec)
+        return cls.from_rows(rows, on_bad_row=data.on_bad_row, duplicates=data.duplicates)
+    return cls.from_rows(spec, on_bad_row=data.on_bad_row, duplicates=data.duplicates)

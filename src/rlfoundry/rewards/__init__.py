@@ -2,7 +2,8 @@
 
 A reward function is ``fn(prompts, completions, **columns) -> list[float | None]``; see
 :mod:`rlfoundry.rewards.runner` for the contract and :func:`compute_rewards` for how several
-are weighted and combined, and :mod:`rlfoundry.rewards.builtin` for the built-ins.
+are weighted and combined, :mod:`rlfoundry.rewards.builtin` for the built-ins, and
+:mod:`rlfoundry.rewards.code_execution` for the sandboxed code-execution reward.
 """
 
 from rlfoundry.rewards.builtin import (
@@ -15,6 +16,7 @@ from rlfoundry.rewards.builtin import (
     math_equal,
     overlong_penalty,
 )
+from rlfoundry.rewards.code_execution import code_execution, extract_code
 from rlfoundry.rewards.runner import (
     ON_ERROR,
     REWARDS,
@@ -23,10 +25,12 @@ from rlfoundry.rewards.runner import (
     RewardFunction,
     RewardResult,
     RewardSpec,
+    Scores,
     compute_rewards,
     resolve_reward,
     resolve_rewards,
 )
+from rlfoundry.rewards.timeout import RewardTimeout, call_with_timeout
 
 __all__ = [
     "ON_ERROR",
@@ -37,7 +41,12 @@ __all__ = [
     "RewardFunction",
     "RewardResult",
     "RewardSpec",
+    "RewardTimeout",
+    "Scores",
+    "call_with_timeout",
+    "code_execution",
     "compute_rewards",
+    "extract_code",
     "exact_match",
     "extract_answer",
     "format_reward",

@@ -23,6 +23,7 @@ import torch
 
 from rlfoundry.errors import ConfigError, DataError, NonFiniteError, RLFoundryError
 from rlfoundry.registry import Registry, did_you_mean, import_object
+from rlfoundry.rewards.timeout import RewardTimeout, call_with_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -131,18 +132,51 @@ def resolve_rewards(specs: Sequence[Any]) -> list[tuple[str, RewardFunction, flo
     return out
 
 
+class Scores(list):
+    """A reward function's return value that also says *why* each sample got its reward.
+
+    ``Scores(values, reasons, details)``: ``values`` as usual (numbers or None), ``reasons``
+    one short category per sample (e.g. ``"passed"``, ``"timeout"``, ``"blocked"``) and
+    ``details`` an optional longer text per sample. :func:`compute_rewards` keeps them in
+    :attr:`RewardResult.reasons` and the trainer counts them as ``reward/<name>/<reason>``.
+    """
+
+    def __init__(self, values: Sequence[float | None], reasons: Sequence[str],
+                 details: Sequence[str | None] | None = None) -> None:
+        super().__init__(values)
+        if len(reasons) != len(self) or (details is not None and len(details) != len(self)):
+            raise ValueError(f"Scores: {len(self)} values need as many reasons (and details)")
+        self.reasons = list(reasons)
+        self.details = list(details) if details is not None else [None] * len(self)
+
+
 @dataclass
 class RewardResult:
     """What :func:`compute_rewards` returns.
 
     ``total`` [N] float64: the weighted sum, NaN where no function (of nonzero weight) gave the
     sample a reward. ``per_function`` name -> [N] float64 raw (unweighted) rewards, NaN for
-    ``None``. ``num_errors`` name -> how many samples the function raised on.
+    ``None``. ``num_errors`` name -> how many samples the function raised on (or timed out
+    on). ``reasons`` / ``details`` name -> one entry per sample, for functions that return
+    :class:`Scores` or that failed under ``on_error`` "zero"/"skip" (reason ``"exception"``
+    or ``"timeout"``); None where nothing was said.
     """
 
     total: torch.Tensor
     per_function: dict[str, torch.Tensor]
     num_errors: dict[str, int]
+    reasons: dict[str, list[str | None]] = field(default_factory=dict)
+    details: dict[str, list[str | None]] = field(default_factory=dict)
+
+    def reason_counts(self) -> dict[str, float]:
+        """``reward/<name>/<reason>`` -> number of samples, for every reason given."""
+        out: dict[str, float] = {}
+        for name, reasons in self.reasons.items():
+            for reason in reasons:
+                if reason is not None:
+                    key = f"reward/{name}/{reason}"
+                    out[key] = out.get(key, 0.0) + 1.0
+        return dict(sorted(out.items()))
 
     def summary(self) -> dict[str, float]:
         """Flat metrics: ``reward_mean``/``reward_std`` over valid totals, ``reward/<name>``
@@ -161,6 +195,7 @@ class RewardResult:
             out[f"reward/{name}"] = mean(values)
             if self.num_errors.get(name):
                 out[f"reward/{name}/errors"] = float(self.num_errors[name])
+        out.update(self.reason_counts())
         return out
 
 
@@ -200,6 +235,12 @@ def _check_values(
     return out
 
 
+def _describe(e: BaseException) -> str:
+    if isinstance(e, RewardTimeout):
+        return str(e)
+    return f"raised {type(e).__name__}: {e}"
+
+
 def _per_sample(
     name: str,
     fn: RewardFunction,
@@ -207,19 +248,44 @@ def _per_sample(
     completions: Sequence[str],
     columns: Mapping[str, Sequence[Any]],
     sample_ids: Sequence[Any] | None,
-) -> tuple[list[float | None], dict[int, Exception]]:
-    """Call ``fn`` on one sample at a time: values (None where it raised) and the exceptions."""
+    timeout: float | None,
+) -> tuple[list[float | None], dict[int, Exception], list[Any]]:
+    """Call ``fn`` on one sample at a time: values (None where it failed), the exceptions
+    (a :class:`RewardTimeout` where it ran out of time) and each call's raw return."""
     values: list[float | None] = []
     failures: dict[int, Exception] = {}
+    raws: list[Any] = []
     for i in range(len(completions)):
         try:
-            raw = fn([prompts[i]], [completions[i]], **{k: [v[i]] for k, v in columns.items()})
+            raw = call_with_timeout(fn, timeout, [prompts[i]], [completions[i]],
+                                    **{k: [v[i]] for k, v in columns.items()})
         except Exception as e:  # user code; reported by the caller
             failures[i] = e
             values.append(None)
+            raws.append(None)
             continue
         values.extend(_check_values(name, raw, 1, [i], sample_ids))
-    return values, failures
+        raws.append(raw)
+    return values, failures, raws
+
+
+def _explanations(raws: Sequence[Any], failures: Mapping[int, Exception], n: int
+                  ) -> tuple[list[str | None], list[str | None]] | None:
+    """Per-sample reasons/details from :class:`Scores` returns and from failures, or None."""
+    if not failures and not any(isinstance(r, Scores) for r in raws):
+        return None
+    reasons: list[str | None] = [None] * n
+    details: list[str | None] = [None] * n
+    if len(raws) == 1 and isinstance(raws[0], Scores) and len(raws[0]) == n:  # one batch call
+        reasons, details = list(raws[0].reasons), list(raws[0].details)
+    elif len(raws) == n:  # one call per sample
+        for i, raw in enumerate(raws):
+            if isinstance(raw, Scores):
+                reasons[i], details[i] = raw.reasons[0], raw.details[0]
+    for i, e in failures.items():
+        reasons[i] = "timeout" if isinstance(e, RewardTimeout) else "exception"
+        details[i] = _describe(e)
+    return reasons, details
 
 
 def compute_rewards(
@@ -229,6 +295,7 @@ def compute_rewards(
     columns: Mapping[str, Sequence[Any]] | None = None,
     on_error: Literal["raise", "zero", "skip"] = "raise",
     sample_ids: Sequence[Any] | None = None,
+    timeout: float | None = None,
 ) -> RewardResult:
     """Run each ``(name, fn, weight)`` over the ``N`` samples and combine the rewards.
 
@@ -250,6 +317,11 @@ def compute_rewards(
 
     The other samples get their values from the per-sample calls. ``num_errors`` counts
     the failing samples per function.
+
+    ``timeout`` (seconds, None: no limit) bounds each call (see
+    :func:`~rlfoundry.rewards.timeout.call_with_timeout`); a call that runs out of time counts
+    as a call that raised, so the same ``on_error`` policy applies, and the message says
+    "timed out". Reasons (:class:`Scores`, failures) end up in ``RewardResult.reasons``.
     """
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
@@ -273,32 +345,36 @@ def compute_rewards(
 
     per_function: dict[str, torch.Tensor] = {}
     num_errors: dict[str, int] = {}
+    reasons: dict[str, list[str | None]] = {}
+    details: dict[str, list[str | None]] = {}
     total = torch.zeros(n, dtype=torch.float64)
     present = torch.zeros(n, dtype=torch.bool)
     for name, fn, weight in reward_fns:
         try:
-            raw = fn(list(prompts), list(completions), **{k: list(v) for k, v in columns.items()})
+            raw = call_with_timeout(fn, timeout, list(prompts), list(completions),
+                                    **{k: list(v) for k, v in columns.items()})
         except Exception as batch_error:  # user code: re-run per sample
-            values, failures = _per_sample(name, fn, prompts, completions, columns, sample_ids)
+            values, failures, raws = _per_sample(name, fn, prompts, completions, columns,
+                                                 sample_ids, timeout)
             if on_error == "raise":
                 if not failures:
                     raise RewardError(
-                        f"reward '{name}' raised {type(batch_error).__name__}: {batch_error} "
-                        f"on the batch of {n}, but on no single sample"
+                        f"reward '{name}' {_describe(batch_error)} on the batch of {n}, but on no "
+                        f"single sample"
                     ) from batch_error
                 i, e = next(iter(failures.items()))
                 raise RewardError(
-                    f"reward '{name}' raised {type(e).__name__}: {e} on "
-                    f"{_sample_name(i, sample_ids)} (index {i}; {len(failures)} of {n} failed)"
+                    f"reward '{name}' {_describe(e)} on {_sample_name(i, sample_ids)} (index {i}; "
+                    f"{len(failures)} of {n} failed). Fix the function, or set "
+                    f"algorithm.reward_error to 'zero' or 'skip'"
                 ) from e
             if failures:
                 which = ", ".join(_sample_name(i, sample_ids) for i in list(failures)[:5])
                 more = ", ..." if len(failures) > 5 else ""
                 first = next(iter(failures.values()))
                 logger.warning(
-                    "reward '%s' raised on %d of %d samples (%s%s), first: %s: %s; "
-                    "they get %s from it",
-                    name, len(failures), n, which, more, type(first).__name__, first,
+                    "reward '%s' failed on %d of %d samples (%s%s), first: %s; they get %s from it",
+                    name, len(failures), n, which, more, _describe(first),
                     "0" if on_error == "zero" else "no reward",
                 )
                 if on_error == "zero":
@@ -307,6 +383,10 @@ def compute_rewards(
         else:
             values = _check_values(name, raw, n, range(n), sample_ids)
             num_errors[name] = 0
+            failures, raws = {}, [raw]
+        explained = _explanations(raws, failures, n)
+        if explained is not None:
+            reasons[name], details[name] = explained
         r = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
         per_function[name] = r
         if weight != 0:
@@ -314,4 +394,4 @@ def compute_rewards(
             total = total + torch.where(has, r * float(weight), torch.zeros_like(r))
             present |= has
     total = torch.where(present, total, torch.full_like(total, math.nan))
-    return RewardResult(total, per_function, num_errors)
+    return RewardResult(total, per_function, num_errors, reasons, details)

@@ -18,27 +18,31 @@ from __future__ import annotations
 import inspect
 import math
 import random
+import signal
+import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
 from rlfoundry.config import RunConfig, load_config
 from rlfoundry.config.schema import AlgorithmConfig
-from rlfoundry.errors import ConfigError, NonFiniteError
+from rlfoundry.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
 from rlfoundry.models import load_model, load_tokenizer, prepare_policy
 from rlfoundry.training import checkpoint as ckpt
 from rlfoundry.training import distributed
 from rlfoundry.training.logger import MetricsLogger, NullLogger
-from rlfoundry.training.metrics import WeightedMean, nonfinite_keys
+from rlfoundry.training.metrics import WeightedMean, nonfinite_keys, split_timings
 from rlfoundry.training.optim import build_optimizer, build_scheduler
 from rlfoundry.training.parallel import ParallelPolicy
 from rlfoundry.training.precision import autocast, check_precision, grad_scaler
 from rlfoundry.training.sampler import EpochSampler
 from rlfoundry.training.schedules import build_schedule, get_beta, set_beta
+from rlfoundry.training.signals import StopRequest
+from rlfoundry.training.storage import check_writable
 
 
 def coerce_config(config: Any, algorithm: str) -> RunConfig:
@@ -114,6 +118,8 @@ class Trainer:
         self.output_dir = Path(cfg.training.output_dir)
         self.step = 0
         self.skipped_steps = 0
+        self.skipped_by_cause: dict[str, int] = {}
+        self.saved_step: int | None = None
 
     # ---- hooks for subclasses -------------------------------------------------------------
     @classmethod
@@ -212,7 +218,19 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------
     def train(self, dataset=None, eval_dataset=None) -> dict[str, float]:
-        """Train on ``dataset`` (default: ``config.data``); return the last step's metrics."""
+        """Train on ``dataset`` (default: ``config.data``); return the last step's metrics.
+
+        SIGTERM/SIGINT stop the run after the current step with a checkpoint and raise
+        :class:`TrainingInterrupted` (see :mod:`rlfoundry.training.signals`).
+        """
+        leftovers: list[Path] = []
+        if self.dist.is_main:
+            check_writable(self.output_dir)  # before any time is spent on data or steps
+            leftovers = ckpt.remove_incomplete(self.output_dir)
+        with StopRequest() as stop:
+            return self._train(dataset, eval_dataset, stop, leftovers)
+
+    def _train(self, dataset, eval_dataset, stop: StopRequest, leftovers: list[Path]) -> dict[str, float]:
         cfg = self.config.training
         num_examples = self.setup_data(dataset, eval_dataset)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * num_examples / cfg.batch_size))
@@ -223,30 +241,63 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
         note = self._restore(resume_from) if resume_from is not None else ""
+        self.saved_step = self.step if resume_from is not None else None
         self.logger = (MetricsLogger(self.output_dir, self.config.logging, self.total_steps, self.step,
                                      run_config=self.config.model_dump(mode="json"),
                                      desc=self.config.algorithm.name)
                        if self.dist.is_main else NullLogger())
+        for path in leftovers:
+            self.logger.write(f"deleted the partial checkpoint {path} left by an interrupted run")
         if resume_from is not None:
             self.logger.write(f"resumed from {resume_from} at step {self.step}{note}")
         metrics: dict[str, float] = {}
         self.initial_eval, self.last_eval = {}, {}
         try:
-            if cfg.eval_every and self.step == 0:
+            if cfg.eval_every and self.step == 0 and not stop.requested:
                 self.initial_eval = self._log_eval()
             while self.step < self.total_steps:
-                metrics = self.optimizer_step(self.next_batch())
+                if self._stop_requested(stop):
+                    self._stop(stop.signum or signal.SIGTERM)
+                started = time.perf_counter()
+                try:
+                    metrics = self.optimizer_step(self.next_batch())
+                except SkipStep as skip:
+                    metrics = self.skip_step(skip)
                 self.step += 1
+                metrics, timings = split_timings(metrics)
+                timings["step_seconds"] = time.perf_counter() - started
                 self.logger.log(self.step, metrics)
+                self.logger.log_timings(self.step, timings)
                 last = self.step == self.total_steps
                 if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
                     self.last_eval = self._log_eval()
                 if last or (cfg.save_every and self.step % cfg.save_every == 0):
                     self.save_checkpoint()
+                metrics = {**metrics, **timings}
             self.save_final()
         finally:
             self.logger.close()
         return metrics
+
+    def _stop_requested(self, stop: StopRequest) -> bool:
+        """Whether a stop signal arrived (on any rank: all ranks must stop at the same step)."""
+        if not self.dist.enabled:
+            return stop.requested
+        return bool(distributed.all_reduce_max(int(stop.requested)))
+
+    def _stop(self, signum: int) -> NoReturn:
+        """Checkpoint the finished steps (unless just saved) and raise TrainingInterrupted."""
+        if self.step > 0 and self.saved_step != self.step:
+            path = self.save_checkpoint()
+        else:
+            found = ckpt.list_checkpoints(self.output_dir)
+            path = found[-1] if found else None
+        name = signal.Signals(signum).name
+        where = f"checkpoint {path}" if path is not None else "no checkpoint (no step had finished)"
+        self.logger.write(f"stopped at step {self.step} by {name}; {where}")
+        raise TrainingInterrupted(
+            f"stopped at step {self.step} by {name}; {where}; resume with training.resume=auto "
+            f"and the same training.output_dir", step=self.step, signum=signum, checkpoint=path)
 
     def _wrap_policy(self) -> ParallelPolicy:
         """The policy (and heads) as DDP, FSDP2 or plain, per ``training.distributed``."""
@@ -318,6 +369,13 @@ class Trainer:
             self.beta_schedule.update(metrics)
         if self.lr_controller is not None:
             self.lr_controller.update(metrics)
+        self._advance_schedules()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics.update(self.step_counters())
+        return metrics
+
+    def _advance_schedules(self) -> None:
+        """One step of the learning-rate schedule (and of the lr controller's scaling)."""
         with warnings.catch_warnings():  # a skipped update still advances the schedule
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
             self.scheduler.step()
@@ -325,10 +383,6 @@ class Trainer:
             scale = self.lr_controller.value(self.step, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] *= scale
-        self.optimizer.zero_grad(set_to_none=True)
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        metrics["skipped_steps"] = self.skipped_steps
-        return metrics
 
     def _global_counts(self, batches: list[dict[str, Any]]) -> dict[str, int]:
         """Sequences and tokens of the step's whole batch (summed over ranks; stand-ins excluded)."""
@@ -368,9 +422,13 @@ class Trainer:
         bad = nonfinite_keys(metrics)
         if self.scaler is not None and bad == ["grad_norm"]:
             self.skipped_steps += 1
+            self.skipped_by_cause["fp16_overflow"] = self.skipped_by_cause.get("fp16_overflow", 0) + 1
             self.logger.write(f"step {self.step + 1}: fp16 gradient overflow, update skipped")
         elif bad:
-            self._handle_nonfinite(bad, metrics)
+            if self.scaler is not None:
+                self.scaler.update()  # the next step's unscale_ needs it
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite("loss", ", ".join(f"{k}={metrics[k]}" for k in bad), metrics)
         if self.scaler is not None:
             if not bad or bad == ["grad_norm"]:
                 self.scaler.step(self.optimizer)
@@ -380,16 +438,34 @@ class Trainer:
         if not bad:
             self._loss_hook("on_step_end", metrics)
 
-    def _handle_nonfinite(self, bad: list[str], metrics: dict[str, float]) -> None:
-        where = ", ".join(f"{k}={metrics[k]}" for k in bad)
+    def nonfinite(self, what: str, detail: str, metrics: dict[str, Any] | None = None) -> NoReturn:
+        """NaN/inf found in ``what`` (loss, rewards, advantages) while preparing step
+        ``self.step + 1``: raise NonFiniteError (``training.on_nonfinite: raise``) or SkipStep,
+        which the loop turns into a counted, logged step without an update (``skip_batch``).
+        Under torchrun every rank must reach the same decision (call it on reduced values)."""
         if self.config.training.on_nonfinite == "raise":
             raise NonFiniteError(
-                f"step {self.step + 1}: non-finite values ({where}); no update was applied and no "
-                f"checkpoint was written. Lower the learning rate, check the data, or set "
-                f"training.on_nonfinite=skip_batch to skip such steps."
+                f"step {self.step + 1}: non-finite {what} ({detail}); no update was applied and no "
+                f"checkpoint was written for this step. Lower the learning rate, check the data "
+                f"and rewards, or set training.on_nonfinite=skip_batch to skip such steps."
             )
+        raise SkipStep(what, detail, metrics or {})
+
+    def skip_step(self, skip: SkipStep) -> dict[str, float]:
+        """Account for a skipped step: no update and no feedback to the beta/lr controllers,
+        but the learning-rate schedule still advances and the counters grow."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._advance_schedules()
         self.skipped_steps += 1
-        self.logger.write(f"step {self.step + 1}: skipped non-finite update ({where})")
+        self.skipped_by_cause[skip.what] = self.skipped_by_cause.get(skip.what, 0) + 1
+        self.logger.write(f"step {self.step + 1}: skipped, non-finite {skip.what} ({skip.detail})")
+        return {**skip.metrics, **self.step_counters()}
+
+    def step_counters(self) -> dict[str, float]:
+        """``lr``, ``skipped_steps`` and, where nonzero, ``skipped_steps/<cause>``."""
+        out = {"lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": self.skipped_steps}
+        out.update({f"skipped_steps/{k}": v for k, v in sorted(self.skipped_by_cause.items())})
+        return out
 
     # ---- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -397,6 +473,7 @@ class Trainer:
         state = {
             "step": self.step,
             "skipped_steps": self.skipped_steps,
+            "skipped_by_cause": dict(self.skipped_by_cause),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": ckpt.rng_state(),
@@ -422,6 +499,7 @@ class Trainer:
                 path = ckpt.save_checkpoint(self.output_dir, self.step, self.model, self.tokenizer,
                                             state, cfg.keep_last)
         distributed.barrier()
+        self.saved_step = self.step
         return path
 
     def save_final(self) -> Path:
@@ -453,9 +531,17 @@ class Trainer:
             state = ckpt.load_sharded_checkpoint(path, self.engine.root, self.optimizer)
         else:
             state = ckpt.load_checkpoint(path, self.model)
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
+        try:
+            if not self.engine.sharded:
+                self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.sampler.load_state_dict(state["sampler"])
+        except (KeyError, ValueError, RuntimeError) as e:  # another run's checkpoint in this output_dir
+            raise CheckpointError(
+                f"checkpoint '{path}' does not fit this run ({type(e).__name__}: {e}); was it made "
+                f"with another model, data set or batch size? Use another training.output_dir or "
+                f"set training.resume to a matching checkpoint"
+            ) from e
         ckpt.set_rng_state(state["rng"])
         ckpt.restore_plain_state(self.loss_fn, state["loss_fn"])
         schedules = state.get("schedules", {})
@@ -463,6 +549,7 @@ class Trainer:
         ckpt.restore_plain_state(self.lr_controller, schedules.get("lr", {}))
         self.load_extra_state(state["extra"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        self.skipped_by_cause = dict(state.get("skipped_by_cause", {}))
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         if not self.dist.enabled:
@@ -474,6 +561,15 @@ class Trainer:
         self.load_rank_state(None)
         return (f" (written by {len(ranks or [None])} process(es), resumed on "
                 f"{self.dist.world_size}: per-rank RNG streams re-seeded)")
+
+
+class SkipStep(Exception):
+    """Raised while preparing a step (``Trainer.nonfinite`` under ``on_nonfinite: skip_batch``)
+    to skip it: the loop counts it, logs why and moves on without an update."""
+
+    def __init__(self, what: str, detail: str, metrics: dict[str, Any] | None = None) -> None:
+        super().__init__(f"non-finite {what} ({detail})")
+        self.what, self.detail, self.metrics = what, detail, dict(metrics or {})
 
 
 def seed_everything(seed: int) -> None:

@@ -1,8 +1,9 @@
 """Atomic, resumable checkpoints in Hugging Face format.
 
 Layout: ``<output_dir>/checkpoints/step_000120/{model/, trainer_state.pt}``. A checkpoint is
-written into a temporary sibling directory and renamed into place only when complete, so a
-crash mid-write never leaves a directory that ``resume: auto`` would pick up.
+written into a temporary sibling directory, synced to disk and renamed into place only when
+complete, so a crash mid-write never leaves a directory that ``resume: auto`` would pick up;
+the leftovers of killed writers are deleted when the next run starts.
 
 ``model/`` holds the full weights, or only the adapter when LoRA is used. Under FSDP2 every
 rank writes its own shards of the model and optimizer with ``torch.distributed.checkpoint``
@@ -13,6 +14,8 @@ be resumed on any number of ranks.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import random
 import re
@@ -24,11 +27,17 @@ from typing import Any
 import torch
 
 from rlfoundry.errors import CheckpointError
+from rlfoundry.training.storage import describe_write_failure
+
+logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.pt"
 SHARDED_DIR = "sharded"
 POLICY_PREFIX = "model."  # the policy inside the FSDP2 wrapper whose state sharded/ holds
+TMP_PREFIX = ".tmp_step_"
+TRASH_PREFIX = ".trash_"
+LEFTOVER = re.compile(r"^\.(?:tmp|trash)_.*_(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -76,29 +85,134 @@ def save_pretrained(model, tokenizer, directory: Path) -> None:
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: dict[str, Any],
                     keep_last: int | None = None) -> Path:
-    """Write checkpoint ``step`` atomically and prune to the newest ``keep_last``."""
+    """Write checkpoint ``step`` atomically and prune to the newest ``keep_last``.
+
+    Everything is written into ``.tmp_step_N_<pid>``, synced to disk, and renamed to
+    ``step_N`` only when complete; a failure (a full disk raises ``OSError``,
+    ``SafetensorError`` or ``RuntimeError`` depending on the writer) removes the partial
+    directory and raises :class:`CheckpointError`, leaving every earlier checkpoint intact.
+    """
     root = Path(output_dir) / "checkpoints"
     final = root / f"step_{step:06d}"
-    tmp = root / f".tmp_step_{step:06d}_{os.getpid()}"
+    tmp = root / f"{TMP_PREFIX}{step:06d}_{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         save_pretrained(model, tokenizer, tmp / "model")
         torch.save(state, tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(
-            f"could not write checkpoint for step {step} under '{root}': {e}. "
-            f"Earlier checkpoints are untouched."
-        ) from e
+        _fsync_tree(tmp)
+        _publish(tmp, final)
+    except Exception as e:  # the writers report a full disk with different exception types
+        message = describe_write_failure(f"the checkpoint of step {step}", root, e)
+        leftover = _discard(tmp)
+        raise CheckpointError(message + leftover) from e
     if keep_last:
-        for old in list_checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(output_dir, keep_last)
     return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` to ``final`` (replacing an older copy) and sync the parent."""
+    if final.exists():  # rename the old copy away first: directories cannot be replaced in one step
+        trash = final.with_name(f"{TRASH_PREFIX}{final.name}_{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _discard(tmp: Path) -> str:
+    """Remove a partial checkpoint directory; '' or a sentence saying it could not be removed."""
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    except OSError as e:
+        return f" The partial directory '{tmp}' could not be removed ({e}); delete it by hand."
+    return ""
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file and directory under ``path`` to disk (so a rename publishes data)."""
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # cannot sync a directory here
+            raise
+    finally:
+        os.close(fd)
+
+
+def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints; return the deleted ones.
+
+    Each is renamed away before it is deleted, so an interrupted deletion never leaves a
+    half-deleted ``step_N`` that looks complete. Failures are logged, not raised: training
+    goes on with an extra checkpoint on disk.
+    """
+    removed = []
+    for old in list_checkpoints(output_dir)[:-keep_last]:
+        trash = old.with_name(f"{TRASH_PREFIX}{old.name}_{os.getpid()}")
+        try:
+            os.replace(old, trash)
+            shutil.rmtree(trash)
+        except OSError as e:
+            logger.warning("could not delete old checkpoint '%s' (%s); delete it by hand", old, e)
+            continue
+        removed.append(old)
+    return removed
+
+
+def remove_incomplete(output_dir: str | Path) -> list[Path]:
+    """Delete partial checkpoint directories left by killed runs (``.tmp_*`` and ``.trash_*``
+    whose writer process is gone); return them. ``resume: auto`` never reads them anyway."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    removed = []
+    for p in root.iterdir():
+        m = LEFTOVER.match(p.name)
+        if not (m and p.is_dir()) or _alive(int(m.group(1))):
+            continue
+        try:
+            shutil.rmtree(p)
+        except OSError as e:
+            logger.warning("could not delete partial checkpoint '%s' (%s); delete it by hand", p, e)
+            continue
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing it (it is only now starting)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_complete(path: Path) -> bool:
+    """A published checkpoint: trainer state and model weights (or FSDP2 shards) are present."""
+    return (path / STATE_FILE).is_file() and (
+        any((path / "model").glob("*.safetensors")) or (path / SHARDED_DIR).is_dir())
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -106,8 +220,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir()
-             if p.is_dir() and STEP_DIR.match(p.name) and (p / STATE_FILE).is_file()]
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name) and is_complete(p)]
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
@@ -126,21 +239,43 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model) -> dict[str, Any]:
-    """Load weights (or a LoRA adapter) into ``model`` (in place); return the trainer state."""
+    """Load weights (or a LoRA adapter) into ``model`` (in place); return the trainer state.
+
+    The files are read before the model is touched, so an unreadable checkpoint raises
+    :class:`CheckpointError` and leaves the model as it was.
+    """
     from safetensors.torch import load_file
 
     from rlfoundry.models.lora import is_adapter_dir, load_adapter_weights
 
-    if is_adapter_dir(path / "model"):
-        load_adapter_weights(model, path / "model")
-        return torch.load(path / STATE_FILE, weights_only=False)
+    adapter = is_adapter_dir(path / "model")
     weights = {}
-    for f in sorted((path / "model").glob("*.safetensors")):
-        weights.update(load_file(f))
+    state = read_state(path)
+    try:
+        for f in [] if adapter else sorted((path / "model").glob("*.safetensors")):
+            weights.update(load_file(f))
+    except Exception as e:  # safetensors raises its own type
+        raise CheckpointError(_unreadable(path, e)) from e
+    if adapter:
+        load_adapter_weights(model, path / "model")
+        return state
     if not weights:
         raise CheckpointError(f"checkpoint '{path}' has no model weights")
     load_state_dict_strict(model, weights, f"checkpoint '{path}'")
-    return torch.load(path / STATE_FILE, weights_only=False)
+    return state
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The trainer state of checkpoint ``path``; CheckpointError when it cannot be read."""
+    try:
+        return torch.load(path / STATE_FILE, weights_only=False)
+    except Exception as e:  # pickle and torch raise many types for a damaged file
+        raise CheckpointError(_unreadable(path, e)) from e
+
+
+def _unreadable(path: Path, error: BaseException) -> str:
+    return (f"checkpoint '{path}' cannot be read ({type(error).__name__}: {error}); delete it to "
+            f"resume from the one before, or set training.resume to another checkpoint")
 
 
 def load_state_dict_strict(model, weights: dict[str, torch.Tensor], what: str) -> None:
@@ -185,10 +320,11 @@ def save_sharded_checkpoint(output_dir: str | Path, step: int, root, optimizer, 
     main = distributed.current().is_main
     where = Path(output_dir) / "checkpoints"
     final = where / f"step_{step:06d}"
-    tmp = Path(distributed.broadcast_object(str(where / f".tmp_step_{step:06d}_{os.getpid()}")))
+    tmp = Path(distributed.broadcast_object(str(where / f"{TMP_PREFIX}{step:06d}_{os.getpid()}")))
     try:
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
             (tmp / "model").mkdir(parents=True)
             save_model_files(model, tokenizer, tmp / "model")
         distributed.barrier()
@@ -196,18 +332,13 @@ def save_sharded_checkpoint(output_dir: str | Path, step: int, root, optimizer, 
         dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / SHARDED_DIR)
         if main:
             torch.save(state, tmp / STATE_FILE)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(
-            f"could not write sharded checkpoint for step {step} under '{where}': {e}. "
-            f"Earlier checkpoints are untouched."
-        ) from e
+            _fsync_tree(tmp)
+            _publish(tmp, final)
+    except Exception as e:  # the writers report a full disk with different exception types
+        message = describe_write_failure(f"the sharded checkpoint of step {step}", where, e)
+        raise CheckpointError(message + (_discard(tmp) if main else "")) from e
     if main and keep_last:
-        for old in list_checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(output_dir, keep_last)
     return final
 
 
@@ -225,7 +356,7 @@ def load_sharded_checkpoint(path: Path, root, optimizer) -> dict[str, Any]:
     dcp.load(bundle, checkpoint_id=path / SHARDED_DIR)
     set_state_dict(root, optimizer, model_state_dict=bundle["model"],
                    optim_state_dict=bundle["optimizer"])
-    return torch.load(path / STATE_FILE, weights_only=False)
+    return read_state(path)
 
 
 def load_sharded_weights(path: Path, model) -> None:

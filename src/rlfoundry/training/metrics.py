@@ -67,3 +67,13 @@ def _merge(parts: list[tuple[dict[str, float], dict[str, float]]]):
 
 def nonfinite_keys(metrics: dict[str, float]) -> list[str]:
     return [k for k, v in metrics.items() if not math.isfinite(v)]
+
+
+TIMING_SUFFIXES = ("_per_s", "_seconds")
+
+
+def split_timings(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metrics, timings)``: wall-clock figures (names ending in ``_per_s`` or ``_seconds``)
+    apart from the rest, so that metrics.jsonl is identical across runs with the same seed."""
+    timings = {k: v for k, v in metrics.items() if k.endswith(TIMING_SUFFIXES)}
+    return {k: v for k, v in metrics.items() if k not in timings}, timings

@@ -47,6 +47,10 @@ class GRPOLossConfig(TypedDict, total=False):
     kl_clamp: float | None
     # PPO clip range epsilon, in [0, 1). Default 0.2.
     clip_ratio: float
+    # Clamp the log importance ratio (logprobs - old_logprobs; per sequence for gspo) to
+    # [-c, c] before exp, so a far-off old log-prob cannot overflow the ratio to inf. Tokens
+    # beyond the clamp get no gradient through the ratio. Default 20.0; null disables it.
+    log_ratio_clamp: float | None
     # Lower clip range: the ratio is clipped below at 1 - clip_ratio_low. Default clip_ratio.
     clip_ratio_low: float | None
     # Upper clip range: clipped above at 1 + clip_ratio_high. Default clip_ratio. A larger
@@ -84,6 +88,7 @@ _DEFAULTS: dict[str, Any] = {
     "kl_estimator": "k3",
     "kl_clamp": 10.0,
     "clip_ratio": 0.2,
+    "log_ratio_clamp": 20.0,
     "clip_ratio_low": None,
     "clip_ratio_high": None,
     "dual_clip_c": None,
@@ -99,6 +104,7 @@ _NUMBER_CHECKS: NumberChecks = {
     "reference_policy_kl_penalty": (False, lambda v: v >= 0, "must be >= 0"),
     "kl_clamp": (True, lambda v: v > 0, "must be > 0 (or null: no clamp)"),
     "clip_ratio": (False, lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "log_ratio_clamp": (True, lambda v: v > 0, "must be > 0 (or null: no clamp)"),
     "clip_ratio_low": (True, lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "clip_ratio_high": (True, lambda v: v >= 0, "must be >= 0"),
     "dual_clip_c": (True, lambda v: v > 1, "must be > 1 (or null: off)"),
@@ -189,7 +195,8 @@ def kl_estimate(
 class GRPOLossFn:
     """Clipped group-relative policy-gradient loss: GRPO (Shao et al. 2024) and variants.
 
-    Per valid response token, with ``ratio = exp(logprobs - old_logprobs)``, the advantage
+    Per valid response token, with ``ratio = exp(logprobs - old_logprobs)`` (the log-ratio
+    clamped to ``[-log_ratio_clamp, log_ratio_clamp]``, default 20, against overflow), the advantage
     ``A`` of its sequence (or token), ``lo = clip_ratio_low`` and ``hi = clip_ratio_high``::
 
         pg  = -min(ratio * A, clamp(ratio, 1 - lo, 1 + hi) * A)
@@ -262,6 +269,7 @@ class GRPOLossFn:
         self.reference_policy_kl_penalty: float = c["reference_policy_kl_penalty"]
         self.kl_estimator: str = c["kl_estimator"]
         self.kl_clamp: float | None = c["kl_clamp"]
+        self.log_ratio_clamp: float | None = c["log_ratio_clamp"]
         self.clip_ratio_low: float = c["clip_ratio_low"]
         self.clip_ratio_high: float = c["clip_ratio_high"]
         self.dual_clip_c: float | None = c["dual_clip_c"]
@@ -376,10 +384,13 @@ class GRPOLossFn:
                     "loss_type 'gspo' needs per-sequence advantages: batch['advantages'] [B], "
                     f"got {tuple(adv.shape)}"
                 )
-            ratio = torch.exp(((logp_v - old) * w).sum(-1) / n.clamp(min=1))  # [B]
+            log_ratio = ((logp_v - old) * w).sum(-1) / n.clamp(min=1)  # [B]
         else:
-            ratio = torch.exp(logp_v - old)  # [B, T]
+            log_ratio = logp_v - old  # [B, T]
             adv = adv[:, None] if adv.dim() == 1 else adv
+        if self.log_ratio_clamp is not None:
+            log_ratio = log_ratio.clamp(-float(self.log_ratio_clamp), float(self.log_ratio_clamp))
+        ratio = torch.exp(log_ratio)
 
         lo, hi = float(self.clip_ratio_low), float(self.clip_ratio_high)
         pg = -torch.minimum(ratio * adv, ratio.clamp(1 - lo, 1 + hi) * adv)
