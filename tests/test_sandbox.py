@@ -172,11 +172,9 @@ def test_a_batch_runs_in_parallel_with_mixed_outcomes():
 
 # ------------------------------------------------------------- the OS layer on its own
 
-ISO = detect_isolation()
-needs_root_drop = pytest.mark.skipif(not ISO.drop_privileges,
-                                     reason="needs root to run programs as nobody")
-needs_netns = pytest.mark.skipif(not ISO.network_namespace, reason="no network namespaces here")
-needs_pidns = pytest.mark.skipif(not ISO.pid_namespace, reason="no PID namespaces here")
+def require(protection, why):
+    if not getattr(detect_isolation(), protection):
+        pytest.skip(why)
 
 
 def os_only(code, tests, **options):
@@ -185,15 +183,15 @@ def os_only(code, tests, **options):
                        preload=DEFAULT_PRELOAD + ("socket",))
 
 
-@needs_root_drop
 def test_os_layer_stops_a_fork_bomb():
+    require("drop_privileges", "needs root to run programs as nobody")
     r = os_only("import os\nwhile True:\n    os.fork()", ["assert True"])
     assert r.outcome == "error" and "Resource temporarily unavailable" in r.detail
     assert group_gone(r.pid)
 
 
-@needs_root_drop
 def test_os_layer_protects_files(tmp_path):  # tmp_path is root's; the program runs as nobody
+    require("drop_privileges", "needs root to run programs as nobody")
     sentinel = tmp_path / "sentinel.txt"
     sentinel.write_text("precious")
     r = os_only(f"import os\nos.remove({str(sentinel)!r})", ["assert True"])
@@ -201,8 +199,8 @@ def test_os_layer_protects_files(tmp_path):  # tmp_path is root's; the program r
     assert sentinel.read_text() == "precious"
 
 
-@needs_netns
 def test_os_layer_has_no_network():
+    require("network_namespace", "no network namespaces here")
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -217,8 +215,8 @@ def test_os_layer_has_no_network():
     server.close()
 
 
-@needs_pidns
 def test_os_layer_kills_escaped_processes():
+    require("pid_namespace", "no PID namespaces here")
     code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(600)"
     r = os_only(code, ["assert True"], max_processes=4)
     assert r.outcome == "passed"  # the child left its process group and outlived the program

@@ -110,7 +110,9 @@ def code_execution(
     preload: Sequence[str] | None = None,
     **columns: Any,
 ) -> Scores:
-    """Run each completion's code against its tests in the sandbox (see the module docs).
+    """1.0 if the completion's Python passes its test cases, run in a sandboxed process.
+
+    See the module docs for test formats, outcomes and rewards.
 
     Limits per sample: ``timeout`` wall seconds, ``cpu_seconds`` (default: the timeout),
     ``memory_mb`` of address space, ``max_processes`` (1: no fork), ``max_output_bytes``

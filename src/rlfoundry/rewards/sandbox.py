@@ -76,6 +76,7 @@ DEFAULT_PRELOAD = (  # what solutions commonly import; os, sys and io are loaded
 RESULT_CAP = 1 << 16  # bytes of verdict read at most
 STDERR_TAIL = 1000  # characters of stderr quoted in a detail
 GRACE = 0.2  # seconds a finished runner's leftover children may keep its pipes open
+STOP_GRACE = 2.0  # seconds a runner gets to kill and reap its PID namespace before SIGKILL
 
 
 class SandboxError(RLFoundryError):
@@ -292,7 +293,7 @@ def _run_job(job: dict[str, Any], workdir: Path, timeout: float, max_output: int
         _feed(proc, json.dumps(job).encode())
         verdict_bytes, timed_out, over, tail = _collect(proc, read_fd, timeout, max_output)
     finally:
-        _kill_group(proc.pid)
+        _stop(proc, relay=bool(job.get("pid_namespace")))
         os.close(read_fd)
         returncode, cpu = _reap(proc)
     return _Run(_parse_verdict(verdict_bytes, job["nonce"]), returncode, timed_out, over,
@@ -325,13 +326,13 @@ def _collect(proc: subprocess.Popen, result_fd: int, timeout: float, max_output:
     sel.register(proc.stderr, selectors.EVENT_READ, "err")
     sel.register(result_fd, selectors.EVENT_READ, "result")
     deadline = time.monotonic() + timeout
-    hard_deadline = True
+    running = True  # False once the runner has exited and only leftovers hold the pipes
     verdict, tail, printed = bytearray(), bytearray(), 0
     try:
         while sel.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
-                return bytes(verdict), hard_deadline, False, _text(tail)
+                return bytes(verdict), running, False, _text(tail)
             for key, _ in sel.select(min(left, 0.05)):
                 data = os.read(key.fd, 1 << 16)
                 if not data:
@@ -344,8 +345,8 @@ def _collect(proc: subprocess.Popen, result_fd: int, timeout: float, max_output:
                         tail = (tail + data)[-STDERR_TAIL:]
             if printed > max_output:
                 return bytes(verdict), False, True, _text(tail)
-            if hard_deadline and _exited(proc.pid):  # leftovers get a short grace, then die
-                deadline, hard_deadline = min(deadline, time.monotonic() + GRACE), False
+            if running and _exited(proc.pid):  # leftovers get a short grace, then die
+                deadline, running = min(deadline, time.monotonic() + GRACE), False
         return bytes(verdict), False, False, _text(tail)
     finally:
         sel.close()
@@ -353,6 +354,18 @@ def _collect(proc: subprocess.Popen, result_fd: int, timeout: float, max_output:
 
 def _text(data: bytes | bytearray) -> str:
     return bytes(data).decode("utf-8", "replace").strip()
+
+
+def _stop(proc: subprocess.Popen, relay: bool) -> None:
+    """End whatever is still running. With a PID namespace, SIGTERM asks the runner to kill the
+    namespace and reap its init, so nothing is orphaned; then SIGKILL sweeps the process group
+    (everything, if the runner did not exit within STOP_GRACE)."""
+    if relay and not _exited(proc.pid):
+        os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while not _exited(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    _kill_group(proc.pid)
 
 
 def _kill_group(pgid: int) -> None:

@@ -6,7 +6,8 @@ from the file descriptor ``result_fd``. In order, this process
 
 1. enters new network and PID namespaces when asked (``unshare``; a user namespace too when
    not root); with a PID namespace it forks an init process (PID 1) that forks the worker,
-   so every process the program leaves behind dies with the namespace;
+   so every process the program leaves behind dies with the namespace, and it stays as the
+   parent that reaps init (SIGTERM to it kills the namespace);
 2. imports ``preload`` modules (the program may not be able to read the standard library
    once it runs as another user), sets resource limits (CPU time, address space, file size,
    open files, no core dumps), changes into its private directory, drops root privileges
@@ -27,6 +28,7 @@ import io
 import json
 import os
 import resource
+import signal
 import sys
 
 CLONE_NEWUSER = 0x10000000
@@ -353,6 +355,7 @@ def exit_like(status):
 
 def run_as_init(job):
     """PID 1 of the new namespace: fork the worker, reap everything, exit like the worker."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     child = os.fork()
     if child == 0:
         run_worker(job)
@@ -382,10 +385,15 @@ def main():
         os._exit(1)
     if not job["pid_namespace"]:
         run_worker(job)
-    init = os.fork()  # the first child is PID 1 of the new PID namespace
-    if init == 0:
+    # The trainer stops a run with SIGTERM to this process, which kills the namespace's init
+    # (and so everything in it) and reaps it: no process is orphaned, not even as a zombie.
+    init = {}
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(init["pid"], signal.SIGKILL)
+                  if "pid" in init else os._exit(128 + signum))
+    init["pid"] = os.fork()  # the first child is PID 1 of the new PID namespace
+    if init["pid"] == 0:
         run_as_init(job)
-    _, status = os.waitpid(init, 0)
+    _, status = os.waitpid(init["pid"], 0)
     exit_like(status)
 
 
