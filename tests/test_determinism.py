@@ -8,9 +8,11 @@ import pytest
 from rlfoundry.cli import main
 from tests.test_fault_injection import DPO, GRPO, write_config
 
+pytestmark = [pytest.mark.usefixtures("one_thread")]  # torch threads: see conftest
+
 
 @pytest.mark.parametrize("base", [DPO, GRPO], ids=["dpo", "grpo"])
-def test_two_runs_write_identical_metrics(tmp_path, base, one_thread):
+def test_two_runs_write_identical_metrics(tmp_path, base):
     cfg = json.loads(json.dumps(base))
     cfg["training"].update(max_steps=3, save_every=None, eval_every=3)
     runs = [tmp_path / "a", tmp_path / "b"]

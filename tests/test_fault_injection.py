@@ -26,6 +26,8 @@ from rlfoundry.cli import main
 from rlfoundry.errors import TrainingInterrupted
 from tests.test_dpo_trainer import run_config
 
+pytestmark = [pytest.mark.usefixtures("one_thread")]  # torch threads: see conftest
+
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 1234  # picks the kill steps; fixed so a failure reproduces
 
@@ -107,7 +109,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dpo_sigkill_at_a_random_step_then_resume_matches(tmp_path, one_thread):
+def test_dpo_sigkill_at_a_random_step_then_resume_matches(tmp_path):
     kill_after = random.Random(SEED).randint(2, DPO["training"]["max_steps"] - 2)
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     assert main(["train", str(write_config(tmp_path / "s.yaml", DPO, straight))]) == 0
@@ -122,7 +124,7 @@ def test_dpo_sigkill_at_a_random_step_then_resume_matches(tmp_path, one_thread):
 
 
 @pytest.mark.slow
-def test_grpo_sigkill_while_writing_a_checkpoint_then_resume_matches(tmp_path, one_thread):
+def test_grpo_sigkill_while_writing_a_checkpoint_then_resume_matches(tmp_path):
     kill_in = random.Random(SEED + 1).randint(2, GRPO["training"]["max_steps"] - 1)
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     assert main(["train", str(write_config(tmp_path / "s.yaml", GRPO, straight))]) == 0
@@ -145,7 +147,7 @@ def test_grpo_sigkill_while_writing_a_checkpoint_then_resume_matches(tmp_path, o
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_and_prints_how_to_resume(tmp_path, one_thread):
+def test_sigterm_checkpoints_and_prints_how_to_resume(tmp_path):
     out = tmp_path / "run"
     base = json.loads(json.dumps(DPO))
     base["training"].update(max_steps=500, save_every=None, eval_every=None)
@@ -166,7 +168,7 @@ def test_sigterm_checkpoints_and_prints_how_to_resume(tmp_path, one_thread):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_finishes_the_step_checkpoints_and_restores_handlers(tmp_path, signum, one_thread):
+def test_signal_finishes_the_step_checkpoints_and_restores_handlers(tmp_path, signum):
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     t = DPOTrainer(config=run_config(tmp_path, max_steps=5))
     original = t.optimizer_step
@@ -185,7 +187,7 @@ def test_signal_finishes_the_step_checkpoints_and_restores_handlers(tmp_path, si
     assert {s: signal.getsignal(s) for s in before} == before
 
 
-def test_second_sigint_abandons_the_step(tmp_path, one_thread):
+def test_second_sigint_abandons_the_step(tmp_path):
     t = DPOTrainer(config=run_config(tmp_path, max_steps=5))
     original = t.optimizer_step
 

@@ -16,7 +16,8 @@ from rlfoundry.rewards.sandbox import (
     run_program,
 )
 
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs Linux")
+pytestmark = [pytest.mark.usefixtures("one_thread"),  # torch threads: see conftest
+              pytest.mark.skipif(os.name != "posix", reason="the sandbox needs Linux")]
 
 FAST = {"timeout": 1.5, "memory_mb": 256}
 
@@ -237,7 +238,7 @@ def sandbox_processes():
 
 
 @pytest.mark.slow
-def test_grpo_counts_and_logs_sandbox_reasons(tmp_path, capsys, one_thread):
+def test_grpo_counts_and_logs_sandbox_reasons(tmp_path, capsys):
     from rlfoundry.algorithms.grpo import GRPOTrainer
 
     rows = [{"prompt": f"def f():\n    return {k}\n", "tests": [f"assert f() == {k}"]} for k in range(4)]
