@@ -16,14 +16,3 @@ def tokenizer():
 
     return build_tokenizer()
 
-
-@pytest.fixture
-def one_thread():
-    """One torch thread while the test runs (child processes get OMP_NUM_THREADS=1): bitwise
-    comparisons across processes need equal thread counts, and it is faster on a busy box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -15,8 +15,6 @@ from rlfoundry.config import load_config
 from rlfoundry.data import PreferenceDataset, PromptDataset
 from rlfoundry.errors import ConfigError, DataError
 
-pytestmark = [pytest.mark.usefixtures("one_thread")]  # torch threads: see conftest
-
 ASSETS = Path(__file__).parent / "assets" / "bad_inputs"
 
 # file: (dataset, error message with on_bad_row=error, rows kept with skip or None: always an error)

@@ -17,8 +17,6 @@ from rlfoundry.errors import CheckpointError, OutputError
 from rlfoundry.training import checkpoint as ckpt
 from tests.test_dpo_trainer import params, read_metrics, run_config
 
-pytestmark = [pytest.mark.usefixtures("one_thread")]  # torch threads: see conftest
-
 TINY = {"model": {"name_or_path": "builtin:tiny"}}
 
 

@@ -8,8 +8,6 @@ import pytest
 from rlfoundry.cli import main
 from tests.test_fault_injection import DPO, GRPO, write_config
 
-pytestmark = [pytest.mark.usefixtures("one_thread")]  # torch threads: see conftest
-
 
 @pytest.mark.parametrize("base", [DPO, GRPO], ids=["dpo", "grpo"])
 def test_two_runs_write_identical_metrics(tmp_path, base):

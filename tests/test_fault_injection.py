@@ -1,9 +1,8 @@
 """Kill a real training process and resume it: the result must match an uninterrupted run.
 
 SIGKILL at a random (seeded) step, or while a checkpoint is being written; SIGTERM/SIGINT
-stop cleanly with a checkpoint and a resume command. Runs use one torch thread in this process
-and in the child alike (bitwise equality is only promised for the same thread count), which
-also keeps them fast on a busy machine.
+stop cleanly with a checkpoint and a resume command. The child gets OMP_NUM_THREADS=1 like
+this process (conftest): bitwise equality is only promised for the same thread count.
 """
 
 import json
@@ -25,8 +24,6 @@ from rlfoundry.algorithms.dpo import DPOTrainer
 from rlfoundry.cli import main
 from rlfoundry.errors import TrainingInterrupted
 from tests.test_dpo_trainer import run_config
-
-pytestmark = [pytest.mark.usefixtures("one_thread")]  # torch threads: see conftest
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 1234  # picks the kill steps; fixed so a failure reproduces

@@ -14,8 +14,6 @@ from rlfoundry.errors import NonFiniteError
 from tests.test_dpo_trainer import NaNLoss, float64_trainer, run_config
 from tests.test_grpo_trainer import config, params, records, trainer64
 
-pytestmark = [pytest.mark.usefixtures("one_thread")]  # torch threads: see conftest
-
 CALLS = {"n": 0}
 
 

@@ -8,8 +8,6 @@ import pytest
 
 from rlfoundry.rewards import RewardError, RewardTimeout, call_with_timeout, compute_rewards
 
-pytestmark = [pytest.mark.usefixtures("one_thread")]  # torch threads: see conftest
-
 IDS = ["math.jsonl:1#0", "math.jsonl:1#1", "math.jsonl:2#0"]
 
 

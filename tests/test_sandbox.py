@@ -16,8 +16,7 @@ from rlfoundry.rewards.sandbox import (
     run_program,
 )
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),  # torch threads: see conftest
-              pytest.mark.skipif(os.name != "posix", reason="the sandbox needs Linux")]
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs Linux")
 
 FAST = {"timeout": 1.5, "memory_mb": 256}
 
