@@ -6,6 +6,7 @@ import torch
 
 from rlfoundry.algorithms.grpo import GRPOTrainer
 from rlfoundry.algorithms.sft import SFTTrainer
+from rlfoundry.config import load_config
 from rlfoundry.errors import ConfigError
 from rlfoundry.models import build_model, build_tokenizer
 
@@ -141,6 +142,8 @@ def test_grpo_config_errors_at_load(tmp_path):
     cfg = config(tmp_path, micro_batch_size=3)
     with pytest.raises(ConfigError, match="micro_batch_size"):
         GRPOTrainer(config=cfg)
+    # a GRPO micro-batch counts samples, so it may exceed the prompts per step (4 x 4 = 16 here)
+    assert load_config(config(tmp_path, micro_batch_size=8)).training.micro_batch_size == 8
     cfg = config(tmp_path, {"group_strategy": "semantik"})
     with pytest.raises(ConfigError, match="did you mean 'semantic'"):
         GRPOTrainer(config=cfg)
