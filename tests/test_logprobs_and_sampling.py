@@ -23,6 +23,24 @@ def test_chunked_logprobs_match_full_log_softmax_with_gradients():
     assert torch.allclose(g_h, r_h, atol=1e-10) and torch.allclose(g_w, r_w, atol=1e-10)
 
 
+def test_chunked_logprobs_gradients_with_bias_and_entropy_alone():
+    torch.manual_seed(1)
+    hidden = torch.randn(29, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(40, 8, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(40, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 40, (29,))
+    logits = (hidden @ weight.T + bias) / 1.3
+    ref_lp = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+    ref_ent = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    lp, ent = gather_logprobs(hidden, weight, bias, targets, chunk_size=7, with_entropy=True,
+                              temperature=1.3)
+    inputs = (hidden, weight, bias)
+    for ours, ref in ((ent.sum(), ref_ent.sum()), (lp.sum(), ref_lp.sum())):  # one output each
+        got = torch.autograd.grad(ours, inputs, retain_graph=True)
+        want = torch.autograd.grad(ref, inputs, retain_graph=True)
+        assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(got, want))
+
+
 def test_token_logprobs_equals_model_logits_path(tokenizer):
     model = build_model("tiny", tokenizer, seed=1).double()
     ids = torch.randint(10, 200, (3, 12))

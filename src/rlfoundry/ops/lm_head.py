@@ -3,8 +3,14 @@
 A causal LM's last layer maps hidden states [B, T, H] to logits [B, T, V]; most post-training
 code then takes a full log-softmax just to read one column per position. Here the lm-head is
 applied only at the positions whose log-prob is needed (response tokens), a chunk of them at a
-time, and each chunk is recomputed in the backward pass (activation checkpointing), so memory
-holds one [chunk, V] block instead of [B, T, V] logits plus their log-softmax.
+time, and each chunk's logits are recomputed in the backward pass, so memory holds one
+[chunk, V] block instead of [B, T, V] logits plus their log-softmax.
+
+The chunk is a hand-written autograd function: the forward keeps only the log-normaliser
+(and the entropy) per position; the backward recomputes the logits once, turns them into
+the logits' gradient in place (``g * (onehot - p)``, plus the entropy term when asked), and
+runs the two gradient matmuls. Autograd through ``logsumexp`` + ``gather`` would instead
+recompute the whole forward and allocate several more [chunk, V] buffers.
 """
 
 from __future__ import annotations
@@ -13,26 +19,83 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from rlfoundry.ops.logprobs import logprobs_from_logits
 
 DEFAULT_CHUNK = 1024
 
 
-def _chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-           targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0):
+def _logits(hidden, weight, bias, temperature):
     logits = F.linear(hidden, weight, bias)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
-        logits = logits / temperature
-    lse = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+        logits.div_(temperature)
+    return logits
+
+
+class _ChunkLogProbs(torch.autograd.Function):
+    """log p(target) (and the entropy) of one chunk: hidden [n, H], weight [V, H] -> [n]."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy):
+        z = _logits(hidden, weight, bias, temperature)
+        z.sub_(z.amax(-1, keepdim=True).detach())  # shifted logits: max 0 per row
+        shift_target = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        if with_entropy:
+            e = z.exp()
+            total = e.sum(-1)
+            # sum_j p_j z_j without a third [n, V] buffer
+            ez = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).reshape(-1) / total
+        else:
+            e = z.exp_()
+            total = e.sum(-1)
+        log_total = total.log()
+        logp = shift_target - log_total
+        entropy = (log_total - ez) if with_entropy else None
+        ctx.save_for_backward(hidden, weight, bias, targets, logp, entropy if with_entropy else logp)
+        ctx.temperature, ctx.with_entropy = temperature, with_entropy
+        ctx.set_materialize_grads(False)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent):
+        if g_logp is None and g_ent is None:
+            return None, None, None, None, None, None
+        hidden, weight, bias, targets, logp, entropy = ctx.saved_tensors
+        temperature = ctx.temperature
+        z = _logits(hidden, weight, bias, temperature)
+        # log p_j = z_j - lse, and lse = z_target - logp (exact, no second logsumexp)
+        lse = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logp
+        z.sub_(lse.unsqueeze(-1))  # z now holds log p
+        if ctx.with_entropy and g_ent is not None:
+            # dH/dz_j = -p_j (log p_j + H)
+            grad = z.add(entropy.unsqueeze(-1)).mul_(z.exp()).mul_(-g_ent.unsqueeze(-1))
+            p = z.exp_()
+            if g_logp is not None:
+                grad.addcmul_(p, g_logp.unsqueeze(-1), value=-1.0)
+        else:
+            grad = z.exp_().mul_(-g_logp.unsqueeze(-1))  # -g p_j
+        if g_logp is not None:
+            rows = torch.arange(grad.shape[0], device=grad.device)
+            grad[rows, targets] += g_logp.to(grad.dtype)  # + g at the target
+        if temperature != 1.0:
+            grad.div_(temperature)
+        grad = grad.to(hidden.dtype)
+        g_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+        g_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None
+        g_bias = grad.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+        return g_hidden, g_weight, g_bias, None, None, None
+
+
+def _chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0):
+    """Forward only (no graph): log-probs and, if asked, entropies of one chunk."""
+    z = _logits(hidden, weight, bias, temperature)
+    lse = torch.logsumexp(z, dim=-1)
+    logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
     if not with_entropy:
         return logp, None
-    probs = torch.softmax(logits, dim=-1)
-    entropy = lse - (probs * logits).sum(-1)
-    return logp, entropy
+    return logp, lse - (torch.softmax(z, dim=-1) * z).sum(-1)
 
 
 def gather_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -42,11 +105,14 @@ def gather_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
     ``temperature`` divides the logits first (GRPO scores tokens at the sampling temperature)."""
     logps, ents = [], []
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
     for start in range(0, hidden.shape[0], chunk_size):
-        args = (hidden[start:start + chunk_size], weight, bias, targets[start:start + chunk_size],
-                with_entropy, temperature)
-        lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
+        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+        if grad:
+            lp, ent = _ChunkLogProbs.apply(h, weight, bias, t, float(temperature), with_entropy)
+        else:
+            lp, ent = _chunk(h, weight, bias, t, with_entropy, temperature)
         logps.append(lp)
         ents.append(ent)
     logp = torch.cat(logps) if logps else hidden.new_zeros(0, dtype=torch.float32)
