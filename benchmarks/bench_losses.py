@@ -117,7 +117,7 @@ def logprob_section(n_tokens: int, reps: int) -> None:
         rows = []
         results = {}
         for name, fn in variants.items():
-            def step(fn=fn):
+            def step(fn=fn, entropy=entropy):
                 hidden.grad = weight.grad = None
                 lp, ent = fn(hidden, weight, targets, entropy)
                 loss = (lp * 0.01).sum() + (ent.sum() * 0.01 if ent is not None else 0)
