@@ -16,6 +16,8 @@ from rlfoundry.data import (
     TokenizedPair,
     builtin_dataset,
     collate_preference,
+    collate_preference_packed,
+    packed_attention_mask,
     load_rows,
     make_addition_prompts,
     make_addition_sft,
@@ -357,6 +359,45 @@ def test_collate_layout_masks_and_padding(tok):
     padded = collate_preference(pairs, pad_id=tok.pad_token_id, pad_to_multiple_of=8)
     assert padded["input_ids"].shape[1] % 8 == 0
     assert torch.equal(padded["loss_mask"].sum(1), counts)
+
+
+def test_packed_collate_layout_positions_and_scored_tokens(tok):
+    pairs = PreferenceDataset.from_rows(ROWS).tokenize(tok)
+    pairs.append(TokenizedPair([], [7, 8], [9], {}, "empty prompt", 3))
+    batch = collate_preference_packed(pairs, pad_id=tok.pad_token_id)
+    b, t = batch["input_ids"].shape
+    assert b == len(pairs) and t == max(p.packed_length for p in pairs)
+    flat = batch["input_ids"].flatten()
+    for i, p in enumerate(pairs):
+        n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
+        n = n_p + n_c + n_r
+        assert batch["input_ids"][i, :n].tolist() == p.prompt_ids + p.chosen_ids + p.rejected_ids
+        assert (batch["input_ids"][i, n:] == tok.pad_token_id).all()
+        # rejected tokens take the positions they would have in their own row
+        assert batch["position_ids"][i, :n].tolist() == (list(range(n_p + n_c))
+                                                          + list(range(n_p, n_p + n_r)))
+        assert batch["segment_ids"][i, :n].tolist() == [0] * n_p + [1] * n_c + [2] * n_r
+        for seq, ids in ((i, p.chosen_ids), (b + i, p.rejected_ids)):
+            sel = batch["logp_sequence"] == seq
+            scored = ids if n_p else ids[1:]  # as in separate rows, a row's first token is not scored
+            assert batch["logp_target"][sel].tolist() == scored
+            src = batch["logp_source"][sel]
+            assert (src // t == i).all()
+            if n_p:  # both completions' first token is predicted from the last prompt token
+                assert int(src[0]) % t == n_p - 1
+        # the position predicting a chosen token holds the token before it
+        sel = batch["logp_sequence"] == i
+        assert flat[batch["logp_source"][sel][1:] + 1].tolist() == batch["logp_target"][sel][1:].tolist()
+    assert batch["chosen_token_counts"].tolist() == [len(p.chosen_ids) for p in pairs]
+    assert batch["loss_mask"].sum(1).tolist() == [len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    mask = packed_attention_mask(batch["segment_ids"])
+    assert mask.shape == (b, 1, t, t)
+    seg = batch["segment_ids"][0]
+    rej, cho = (seg == 2).nonzero()[0, 0], (seg == 1).nonzero()[0, 0]
+    assert not mask[0, 0, rej, cho] and mask[0, 0, rej, 0] and mask[0, 0, cho, 0]
+    assert not mask[0, 0, 0, 1]  # causal
+    additive = packed_attention_mask(batch["segment_ids"], torch.float32)
+    assert torch.equal(additive == 0, mask)
 
 
 def test_extras_reach_the_batch(tok):

@@ -62,6 +62,24 @@ def test_grpo_accumulation_is_exact(tmp_path, loss_type):
     assert torch.allclose(params(full.model), params(acc.model), rtol=0, atol=1e-8)
 
 
+def test_grpo_micro_batches_sorted_by_length_keep_every_sample_once(tmp_path):
+    t = trainer64(config(tmp_path, max_steps=1, micro_batch_size=4))
+    seen = []
+    original = t.collate
+
+    def spy(indices):
+        seen.append(list(indices))
+        return original(indices)
+
+    t.collate = spy
+    t.train()
+    assert [len(b) for b in seen] == [4, 4, 4, 4]
+    flat = [i for b in seen for i in b]
+    assert sorted(flat) == list(range(16))
+    lengths = t.buffer["attention_mask"].sum(-1)[flat].tolist()
+    assert lengths == sorted(lengths)
+
+
 def test_grpo_resume_reproduces_weights_including_sampling_rng(tmp_path):
     algo = {"num_iterations": 2, "loss": {"reference_policy_kl_penalty": 0.05}}
     straight = trainer64(config(tmp_path / "s", algo, max_steps=5, save_every=3))

@@ -17,6 +17,14 @@ group of two), plus ``model_outputs["response_embeddings"]`` when a loss lists `
 in ``requires``. So NLL, auxiliary objectives and sequence-level policy-gradient terms
 compose with DPO (``num_tokens`` counts chosen tokens: token-level terms are about the
 chosen responses).
+
+Batch layout (``data.share_prompt``, on by default): each pair is one row, prompt + chosen +
+rejected, under an attention mask that hides the chosen tokens from the rejected ones, so the
+prompt goes through the model once per pair instead of twice and the two completions are not
+padded to each other; the log-probs are those of separate rows. The token-level view then
+has one row per sequence whose column ``j`` is its ``j``-th scored token (with separate rows
+the columns are aligned with ``input_ids[:, 1:]``); masks, sums and means are the same.
+Models whose attention takes no custom mask (flash-attention kernels) use separate rows.
 """
 
 from __future__ import annotations
@@ -33,14 +41,16 @@ from rlfoundry.algorithms.reference import (
     ReferenceTable,
     build_reference,
     examples_fingerprint,
+    pair_response_embeddings,
+    pair_token_logprobs,
     sequence_logps,
 )
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.config import RunConfig
-from rlfoundry.data import PreferenceDataset, collate_preference
+from rlfoundry.data import PreferenceDataset, collate_preference, collate_preference_packed
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import ConfigError
-from rlfoundry.ops.lm_head import response_embeddings, token_logprobs
+from rlfoundry.ops.lm_head import supports_packed_rows
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
 from rlfoundry.training.distributed import shard_range
 from rlfoundry.training.metrics import WeightedMean
@@ -107,13 +117,28 @@ class DPOTrainer(Trainer):
         self._setup_reference()
         return len(self.train_pairs)
 
+    @property
+    def packed(self) -> bool:
+        """One row per pair (``data.share_prompt``), when the model can run packed rows."""
+        return self.config.data.share_prompt and supports_packed_rows(self.model)
+
     def collate(self, indices: list[int], pairs=None) -> dict[str, Any]:
         pairs = self.train_pairs if pairs is None else pairs
-        batch = collate_preference([pairs[i] for i in indices], self.tokenizer.pad_token_id)
+        rows = [pairs[i] for i in indices]
+        pad = self.tokenizer.pad_token_id
+        batch = collate_preference_packed(rows, pad) if self.packed else collate_preference(rows, pad)
         batch["num_sequences"] = len(indices)
-        batch["num_tokens"] = int(batch["loss_mask"][: len(indices)].sum())  # chosen tokens
+        batch["num_tokens"] = int(batch["chosen_token_counts"].sum())  # chosen tokens
         batch["split"] = "train" if pairs is self.train_pairs else "eval"
         return batch
+
+    def micro_batches(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The step's pairs sorted by length before they are cut into micro-batches, so each
+        micro-batch pads to similar lengths. The step's loss and gradient are unchanged:
+        micro-batches are weighted by their share of the step's pairs."""
+        pairs = self.train_pairs
+        key = (lambda i: pairs[i].packed_length) if self.packed else (lambda i: pairs[i].length)
+        return super().micro_batches(sorted(indices, key=key))
 
     # ---- reference -----------------------------------------------------------------------
     def _setup_reference(self) -> None:
@@ -157,8 +182,7 @@ class DPOTrainer(Trainer):
         batch = self.to_device(batch)
         b = batch["num_sequences"]
         hidden = "hidden" in getattr(self.loss_fn, "requires", ())
-        out = self.forward_policy(token_logprobs, batch["input_ids"], batch["attention_mask"],
-                                  batch["loss_mask"], return_hidden=hidden)
+        out = self.forward_policy(pair_token_logprobs, batch, return_hidden=hidden)
         logps = out.sequence_sums()
         batch["policy_chosen_logps"], batch["policy_rejected_logps"] = logps[:b], logps[b:]
         batch["reference_chosen_logps"], batch["reference_rejected_logps"] = self.reference_logps(batch)
@@ -166,7 +190,7 @@ class DPOTrainer(Trainer):
         batch.update(logprobs=out.logprobs, response_mask=out.mask, is_chosen=is_chosen,
                      advantages=is_chosen.float() * 2 - 1)
         if hidden:
-            batch["response_embeddings"] = response_embeddings(out.hidden, batch["loss_mask"])
+            batch["response_embeddings"] = pair_response_embeddings(out.hidden, batch)
         loss, metrics = as_loss_and_metrics(self.train_step(batch))
         beta = get_beta(self.loss_fn) or 0.1
         defaults = preference_metrics(*(batch[k] for k in LOGP_KEYS), beta=beta)

@@ -552,6 +552,13 @@ class GRPOTrainer(Trainer):
         return self.sampling.temperature or 1.0
 
     # ---- one micro-batch -----------------------------------------------------------------
+    def micro_batches(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The samples sorted by length before they are cut into micro-batches, so each
+        micro-batch is trimmed to a similar width. Exact: micro-batches are weighted by their
+        share of the step's sequences (or tokens)."""
+        lengths = self.buffer["attention_mask"].sum(-1).tolist()
+        return super().micro_batches(sorted(indices, key=lambda i: lengths[i]))
+
     def collate(self, indices: list[int]) -> dict[str, Any]:
         buf = self.buffer
         idx = torch.tensor(indices)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from rlfoundry.data.preference import CHOSEN, REJECTED, packed_attention_mask
 from rlfoundry.models.lora import is_peft
-from rlfoundry.ops.lm_head import token_logprobs
+from rlfoundry.ops.lm_head import TokenLogprobs, logprobs_at, response_embeddings, token_logprobs
 from rlfoundry.training import distributed
 
 
@@ -74,14 +75,54 @@ def examples_fingerprint(sequences: list[tuple[list[int], ...]]) -> str:
     return h.hexdigest()
 
 
+def pair_token_logprobs(model, batch: dict, *, return_hidden: bool = False) -> TokenLogprobs:
+    """Token log-probs of a collated preference batch as ``2B`` sequences (chosen of pairs
+    ``0..B-1``, then their rejected), in either layout: ``2B`` rows
+    (:func:`~rlfoundry.data.collate_preference`; columns aligned with ``input_ids[:, 1:]``) or
+    one packed row per pair (:func:`~rlfoundry.data.collate_preference_packed`; column ``j``
+    is the sequence's ``j``-th scored token). ``hidden`` (when asked) is the model's last
+    hidden state of the batch's own rows. Differentiable when grad is on."""
+    if "segment_ids" not in batch:
+        param = next(model.parameters())
+        return token_logprobs(model, batch["input_ids"].to(param.device),
+                              batch["attention_mask"].to(param.device),
+                              batch["loss_mask"].to(param.device), return_hidden=return_hidden)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    param = next(inner.parameters())
+    device = param.device
+    eager = inner.config._attn_implementation == "eager"
+    mask = packed_attention_mask(batch["segment_ids"].to(device), param.dtype if eager else None)
+    lp, _, hidden = logprobs_at(model, batch["input_ids"].to(device), mask,
+                                batch["position_ids"].to(device), batch["logp_source"].to(device),
+                                batch["logp_target"].to(device))
+    where = (batch["logp_sequence"].to(device), batch["logp_column"].to(device))
+    shape = (2 * batch["input_ids"].shape[0], batch["logp_width"])
+    dense = lp.new_zeros(shape).index_put(where, lp)
+    scored = torch.zeros(shape, dtype=torch.bool, device=device).index_put_(
+        where, torch.ones_like(lp, dtype=torch.bool))
+    return TokenLogprobs(dense, scored, None, hidden if return_hidden else None)
+
+
+def pair_response_embeddings(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+    """``[2B, H]`` mean last hidden state over each sequence's response tokens, for the
+    ``hidden`` of :func:`pair_token_logprobs` in either layout."""
+    if "segment_ids" not in batch:
+        return response_embeddings(hidden, batch["loss_mask"])
+    seg = batch["segment_ids"].to(hidden.device)
+    return torch.cat([response_embeddings(hidden, seg == CHOSEN),
+                      response_embeddings(hidden, seg == REJECTED)])
+
+
+def pair_logps(model, batch: dict) -> torch.Tensor:
+    """Summed response log-probs of the ``2B`` sequences of a preference batch (either layout)."""
+    return pair_token_logprobs(model, batch).sequence_sums()
+
+
 @torch.no_grad()
 def sequence_logps(ref: torch.nn.Module | AdapterDisabled, batch: dict) -> torch.Tensor:
-    """Summed reference log-probs of each row of a collated batch ([2B] for preference batches)."""
+    """Summed reference log-probs of each sequence of a collated preference batch ([2B])."""
     with reference_module(ref) as model:
-        device = next(model.parameters()).device
-        out = token_logprobs(model, batch["input_ids"].to(device),
-                             batch["attention_mask"].to(device), batch["loss_mask"].to(device))
-    return out.sequence_sums()
+        return pair_logps(model, batch)
 
 
 class ReferenceTable:

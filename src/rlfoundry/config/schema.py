@@ -74,6 +74,14 @@ class DataConfig(Section):
     max_prompt_length: int | None = Field(
         None, gt=0, description="Longest prompt in tokens (default: no separate limit)."
     )
+    share_prompt: bool = Field(
+        True,
+        description="DPO: run each pair as one row (prompt, chosen, rejected) under a mask that "
+        "hides chosen from rejected, so the prompt is computed once and chosen/rejected are not "
+        "padded to each other (same log-probs as separate rows). Used when the model's attention "
+        "takes a custom mask (sdpa, eager); otherwise, or when false, chosen and rejected are "
+        "separate rows.",
+    )
     truncation: Literal["truncate_prompt", "drop", "error"] = Field(
         "truncate_prompt",
         description="Over-long rows: 'truncate_prompt' drops prompt tokens from the start, then "

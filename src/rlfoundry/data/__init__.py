@@ -6,6 +6,8 @@ from rlfoundry.data.preference import (
     PreferenceExample,
     TokenizedPair,
     collate_preference,
+    collate_preference_packed,
+    packed_attention_mask,
 )
 from rlfoundry.data.prompts import PromptDataset, PromptExample, render_prompt, tokenize_prompt
 from rlfoundry.data.synthetic import (
@@ -24,10 +26,12 @@ __all__ = [
     "TokenizedPair",
     "builtin_dataset",
     "collate_preference",
+    "collate_preference_packed",
     "load_rows",
     "make_addition_prompts",
     "make_addition_sft",
     "make_sort_preferences",
+    "packed_attention_mask",
     "read_rows",
     "render_prompt",
     "tokenize_prompt",

@@ -18,10 +18,14 @@ Every other column is an *extra* (e.g. ``math_correctness``): it is kept per exa
 delivered in collated batches (numbers and booleans as float tensors ``[B]``, anything else
 as a Python list).
 
-Token layout and the log-prob convention: :func:`collate_preference` builds one batch of
+Token layouts and the log-prob convention: :func:`collate_preference` builds one batch of
 ``2B`` rows (``prompt+chosen`` for rows ``0..B-1`` then ``prompt+rejected``), right-padded,
 with ``loss_mask`` 1 on completion tokens only. Logits at position ``t`` predict token
 ``t+1``, so callers use ``labels = input_ids[:, 1:]`` and ``mask = loss_mask[:, 1:]``.
+:func:`collate_preference_packed` builds ``B`` rows instead, ``prompt+chosen+rejected``, so
+the prompt is run through the model once per pair; an attention mask keeps the rejected
+tokens from seeing the chosen ones, which gives exactly the log-probs of the ``2B``-row layout
+(see :func:`packed_attention_mask`).
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ TRUNCATION_POLICIES: tuple[str, ...] = ("truncate_prompt", "drop", "error")
 BATCH_KEYS = frozenset({
     "input_ids", "attention_mask", "loss_mask", "index",
     "prompt_token_counts", "chosen_token_counts", "rejected_token_counts",
+    "position_ids", "segment_ids", "logp_source", "logp_target", "logp_sequence", "logp_column",
+    "logp_width",
 })
 
 
@@ -103,6 +109,11 @@ class TokenizedPair:
     def length(self) -> int:
         """Tokens of the longer of the two sequences (prompt + completion)."""
         return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
+
+    @property
+    def packed_length(self) -> int:
+        """Tokens of the pair's row in the packed layout (prompt + chosen + rejected)."""
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
 
 
 class PreferenceDataset:
@@ -483,6 +494,99 @@ def collate_preference(
     for key in keys:
         batch[key] = collate_extra([p.extras.get(key) for p in pairs])
     return batch
+
+
+PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, -1  # segment ids of the packed layout
+
+
+def collate_preference_packed(
+    pairs: Sequence[TokenizedPair], pad_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, Any]:
+    """One right-padded row per pair, ``prompt + chosen + rejected``: the prompt is computed
+    once instead of twice, and chosen/rejected are not padded to each other's length.
+
+    Besides the keys of :func:`collate_preference` (``loss_mask`` is ``[B, T]`` here, 1 on
+    chosen and rejected tokens), the batch has ``position_ids`` (the rejected tokens restart
+    right after the prompt, as in their own row), ``segment_ids`` (``0`` prompt, ``1`` chosen,
+    ``2`` rejected, ``-1`` padding; :func:`packed_attention_mask` turns them into the 4D mask
+    under which rejected tokens do not attend to chosen ones) and three ``[N]`` tensors
+    naming the scored tokens: ``logp_source`` (flat index into ``[B * T]`` of the position
+    whose output predicts the token: the previous token of the same sequence, so the last
+    prompt token for both first completion tokens), ``logp_target`` (the token id),
+    ``logp_sequence`` (``i`` for pair ``i``'s chosen tokens, ``B + i`` for its rejected ones,
+    the row order of :func:`collate_preference`) and ``logp_column`` (the token's place among
+    its sequence's scored tokens; ``logp_width`` is one more than the largest). As in the
+    ``2B``-row layout, the first token of a row is not scored, so with an empty prompt neither
+    completion's first token is.
+    """
+    if not pairs:
+        raise ValueError("collate_preference_packed needs at least one pair")
+    b = len(pairs)
+    t = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    if pad_to_multiple_of:
+        t = -(-t // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((b, t), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((b, t), dtype=torch.long)
+    segment_ids = torch.full((b, t), PADDING, dtype=torch.long)
+    source: list[int] = []
+    target: list[int] = []
+    sequence: list[int] = []
+    column: list[int] = []
+    for row, pair in enumerate(pairs):
+        p, c, r = pair.prompt_ids, pair.chosen_ids, pair.rejected_ids
+        n = len(p) + len(c) + len(r)
+        input_ids[row, :n] = torch.tensor([*p, *c, *r], dtype=torch.long)
+        position_ids[row, :n] = torch.cat([torch.arange(len(p) + len(c)),
+                                           torch.arange(len(p), len(p) + len(r))])
+        position_ids[row, n:] = torch.arange(len(p) + len(r), len(p) + len(r) + t - n)
+        segment_ids[row, :len(p)] = PROMPT
+        segment_ids[row, len(p):len(p) + len(c)] = CHOSEN
+        segment_ids[row, len(p) + len(c):n] = REJECTED
+        base = row * t
+        for seq, ids, start in ((row, c, len(p)), (b + row, r, len(p) + len(c))):
+            first = 0 if p else 1  # empty prompt: nothing predicts the first token
+            for j in range(first, len(ids)):
+                source.append(base + (start + j - 1 if j else len(p) - 1))  # j = 0: last prompt token
+                target.append(ids[j])
+                sequence.append(seq)
+                column.append(j - first)
+    loss_mask = ((segment_ids == CHOSEN) | (segment_ids == REJECTED)).float()
+    batch: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": (segment_ids != PADDING).long(),
+        "position_ids": position_ids,
+        "segment_ids": segment_ids,
+        "loss_mask": loss_mask,
+        "logp_source": torch.tensor(source, dtype=torch.long),
+        "logp_target": torch.tensor(target, dtype=torch.long),
+        "logp_sequence": torch.tensor(sequence, dtype=torch.long),
+        "logp_column": torch.tensor(column, dtype=torch.long),
+        "logp_width": max(column, default=-1) + 1,
+        "prompt_token_counts": torch.tensor([len(p.prompt_ids) for p in pairs], dtype=torch.long),
+        "chosen_token_counts": torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.float),
+        "rejected_token_counts": torch.tensor([len(p.rejected_ids) for p in pairs],
+                                              dtype=torch.float),
+        "index": torch.tensor([p.index for p in pairs], dtype=torch.long),
+    }
+    keys = dict.fromkeys(k for p in pairs for k in p.extras)
+    for key in keys:
+        batch[key] = collate_extra([p.extras.get(key) for p in pairs])
+    return batch
+
+
+def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[B, 1, T, T]`` mask of the packed layout: causal, except that rejected tokens do not
+    see chosen tokens (so each completion sees exactly its prompt and itself). Padding rows
+    attend causally, which keeps them finite; nothing reads them. Boolean (True = attend) by
+    default; with a floating ``dtype``, additive (0 or the dtype's minimum), for eager attention."""
+    t = segment_ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=segment_ids.device).tril()
+    q, k = segment_ids[:, :, None], segment_ids[:, None, :]
+    allowed = (causal & ~((q == REJECTED) & (k == CHOSEN))).unsqueeze(1)
+    if dtype is None or dtype == torch.bool:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min)
 
 
 def collate_extra(values: list[Any]) -> torch.Tensor | list[Any]:

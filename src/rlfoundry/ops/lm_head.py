@@ -147,6 +147,39 @@ def _uses_plain_lm_head(model) -> bool:
     return hasattr(model, "base_model") and model.base_model is not model
 
 
+PACKED_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4D mask
+
+
+def supports_packed_rows(model) -> bool:
+    """Whether :func:`logprobs_at` can run ``model`` on packed rows: a plain lm-head and an
+    attention implementation that accepts a custom 4D mask (flash-attention kernels take
+    only padding masks, so such models keep one row per sequence)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return impl in PACKED_ATTENTION and _uses_plain_lm_head(model)
+
+
+def logprobs_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, source: torch.Tensor, targets: torch.Tensor, *,
+                chunk_size: int = DEFAULT_CHUNK, with_entropy: bool = False,
+                temperature: float = 1.0):
+    """One forward of the backbone with a custom 4D ``attention_mask`` (``[B, 1, T, T]``,
+    boolean for sdpa, additive for eager) and ``position_ids``, then the log-probs of
+    ``targets`` [N] predicted at flat positions ``source`` [N] of ``[B * T]``, through the
+    chunked lm-head. Returns ``(logprobs [N], entropy [N] | None, last hidden [B, T, H])``."""
+    if hasattr(model, "get_base_model"):  # PEFT: the transformers model carries the adapters
+        model = model.get_base_model()
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids, use_cache=False)
+    hidden = out.last_hidden_state
+    head = model.get_output_embeddings()
+    lp, ent = gather_logprobs(hidden.reshape(-1, hidden.shape[-1])[source], head.weight,
+                              head.bias, targets, chunk_size=chunk_size,
+                              with_entropy=with_entropy, temperature=temperature)
+    return lp, ent, hidden
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    loss_mask: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK,
                    with_entropy: bool = False, return_hidden: bool = False,

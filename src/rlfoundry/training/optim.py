@@ -10,13 +10,20 @@ from rlfoundry.config.schema import TrainingConfig
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on vectors (biases, norm weights)."""
+    """AdamW; no weight decay on vectors (biases, norm weights).
+
+    The fused implementation (one kernel per parameter group instead of about ten passes over
+    every tensor; several times faster on CPU) is used where this torch build supports it."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
-                             betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    groups = [g for g in groups if g["params"]]
+    kwargs = dict(lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):  # e.g. CPU tensors before torch 2.4
+        return torch.optim.AdamW(groups, **kwargs)
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
