@@ -143,6 +143,7 @@ def worker_rlfoundry(spec: dict) -> dict:
                      "seed": t["seed"], "device": "cpu", **spec["rlfoundry"]},
         "logging": {"tensorboard": False, "progress_bar": False},
     }
+    common.apply_overrides(config, spec["rlfoundry_overrides"])
     trainer = Trainer(config=config)
     trainer.train()
     train_s = timing["t_end"] - timing["t0"]
@@ -180,6 +181,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
+        spec["output_dir"] = str(Path(spec["output_dir"]) / Path(args.out).stem)  # fresh per run
         result = WORKERS[args.worker](spec)
         Path(args.out).write_text(json.dumps(result))
         return
@@ -205,7 +207,8 @@ def main() -> None:
                if args.trl_config == "fast" else
                {"gradient_checkpointing": True, "precompute_ref_log_probs": False})
     base = {"model": str(model_path), "tokenizer": str(tok_path), "data": str(data), "threads": args.threads, "trl": trl_cfg,
-            "rlfoundry": {}}
+            "rlfoundry": {},
+            "rlfoundry_overrides": args.rlf}
     train = {"batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
              "learning_rate": 1e-4, "beta": 0.1, "max_length": max_length, "seed": 0,
              "lr_scheduler": "linear"}
@@ -243,7 +246,7 @@ def report_check(res, libraries) -> str:
     rows = []
     runs = {lib: res[lib][0].data["steps"] for lib in libraries}
     for i in range(min(len(v) for v in runs.values())):
-        row = [i + 1] + [runs[lib][i][k] for k in ("loss", "grad_norm") for lib in libraries]
+        row = [i + 1] + [f"{runs[lib][i][k]:.6f}" for k in ("loss", "grad_norm") for lib in libraries]
         if len(libraries) == 2:
             a, b = (runs[lib][i] for lib in libraries)
             row += [f"{abs(a['loss'] - b['loss']):.2e}", b["grad_norm"] / a["grad_norm"]]

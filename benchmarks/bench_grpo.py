@@ -194,6 +194,7 @@ def worker_rlfoundry(spec: dict) -> dict:
                      "seed": t["seed"], "device": "cpu", **spec["rlfoundry"]},
         "logging": {"tensorboard": False, "progress_bar": False},
     }
+    common.apply_overrides(config, spec["rlfoundry_overrides"])
     from rlfoundry.models import load_tokenizer
 
     tok = load_tokenizer(spec["model"], spec["tokenizer"])
@@ -235,6 +236,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
+        spec["output_dir"] = str(Path(spec["output_dir"]) / Path(args.out).stem)  # fresh per run
         Path(args.out).write_text(json.dumps(WORKERS[args.worker](spec)))
         return
 
@@ -255,7 +257,8 @@ def main() -> None:
              "micro_batch_size": args.micro_batch_size, "learning_rate": 1e-4, "seed": 0}
     trl_cfg = {"gradient_checkpointing": args.trl_config == "default"}
     base = {"model": str(model_path), "tokenizer": str(tok_path), "data": str(data),
-            "threads": args.threads, "trl": trl_cfg, "rlfoundry": {}}
+            "threads": args.threads, "trl": trl_cfg, "rlfoundry": {},
+            "rlfoundry_overrides": args.rlf}
     print(f"model: Qwen2 {asdict(mspec)}; {args.prompts_per_step} prompts x {args.num_generations} "
           f"generations per step, max_completion_length {args.max_completion_length}, micro-batch "
           f"{args.micro_batch_size} completions; fp32; {args.threads} threads", flush=True)
@@ -271,7 +274,11 @@ def main() -> None:
             "train": {**train, "steps": args.steps, "sequential": False, "fixed": False}}
     res = common.interleaved(SCRIPT, libraries, spec, workdir, args.repeats, label="grpo")
     peak = common.matmul_peak_gflops(args.threads)
-    report_speed(res, libraries, args, peak, mspec)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_path)
+    prompt_len = sum(len(tok(r["prompt"])["input_ids"]) for r in common.read_jsonl(data)) / n
+    report_speed(res, libraries, args, peak, mspec, prompt_len)
     report["runs"] = {lib: [asdict(r) for r in res[lib]] for lib in libraries}
     report["matmul_peak_gflops"] = peak
     print(f"machine: {report['machine']}")
@@ -286,7 +293,7 @@ def report_check(res, libraries) -> str:
         header += ["|d loss|", "grad_norm ratio"]
     rows = []
     for i in range(min(len(v) for v in runs.values())):
-        row = [i + 1] + [runs[lib][i][k] for k in ("loss", "grad_norm") for lib in libraries]
+        row = [i + 1] + [f"{runs[lib][i][k]:.6f}" for k in ("loss", "grad_norm") for lib in libraries]
         if len(libraries) == 2:
             a, b = (runs[lib][i] for lib in libraries)
             row += [f"{abs(a['loss'] - b['loss']):.2e}", b["grad_norm"] / a["grad_norm"]]
@@ -294,7 +301,19 @@ def report_check(res, libraries) -> str:
     return common.print_table("GRPO equal-math check (identical fixed completions)", header, rows)
 
 
-def report_speed(res, libraries, args, peak, mspec) -> str:
+def grpo_step_flops(spec: ModelSpec, args, prompt_len: float, completion_len: float) -> float:
+    """Model FLOPs of one step at mean lengths: prefill each prompt once and 2 FLOPs per
+    parameter per sampled token (generation), then forward + backward (6 per parameter per
+    token) over prompt + completion with the head on completion tokens (training)."""
+    p = spec.matmul_params()
+    n = args.prompts_per_step * args.num_generations
+    gen = 2 * p["backbone"] * prompt_len * args.prompts_per_step
+    gen += 2 * (p["backbone"] + p["lm_head"]) * completion_len * n
+    train = 6 * (p["backbone"] * (prompt_len + completion_len) + p["lm_head"] * completion_len) * n
+    return gen + train
+
+
+def report_speed(res, libraries, args, peak, mspec, prompt_len) -> str:
     def per_step(lib, key):
         # drop each run's first step (warm-up: allocator, lazy init), then median over all steps
         vals = [v for r in res[lib] for v in r.data[key][1:] or r.data[key]]
@@ -302,11 +321,17 @@ def report_speed(res, libraries, args, peak, mspec) -> str:
 
     gen = {lib: per_step(lib, "generation_s") for lib in libraries}
     full = {lib: per_step(lib, "step_s") for lib in libraries}
+    flops = {lib: grpo_step_flops(mspec, args, prompt_len, common.median(
+        [x["completion_length"] for r in res[lib] for x in r.data["records"]])) for lib in libraries}
     figures = {
         "full step s (lower is better)": full,
         "generation s / step": gen,
         "training s / step (rest of the step)": {lib: full[lib] - gen[lib] for lib in libraries},
         "peak RSS MiB": {lib: common.median([r.peak_rss_mb for r in res[lib]]) for lib in libraries},
+        "achieved GFLOP/s (model FLOPs of a step)": {
+            lib: flops[lib] / full[lib] / 1e9 for lib in libraries},
+        f"fraction of matmul peak ({peak:.0f} GFLOP/s)": {
+            lib: flops[lib] / full[lib] / 1e9 / peak for lib in libraries},
         "mean completion length": {lib: common.median(
             [x["completion_length"] for r in res[lib] for x in r.data["records"]]) for lib in libraries},
     }

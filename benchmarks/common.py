@@ -411,7 +411,26 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--libraries", default="trl,rlfoundry",
                    help="comma-separated subset of trl,rlfoundry (trl needs `pip install .[bench]`)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--rlf", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an rlfoundry config key (e.g. data.share_prompt=false) to "
+                   "measure one technique against the default; repeatable")
     return p
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """Dotted ``key.path=value`` overrides (values parsed as JSON when they parse)."""
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config
 
 
 def workdir_for(args) -> Path:

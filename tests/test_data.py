@@ -17,11 +17,11 @@ from rlfoundry.data import (
     builtin_dataset,
     collate_preference,
     collate_preference_packed,
-    packed_attention_mask,
     load_rows,
     make_addition_prompts,
     make_addition_sft,
     make_sort_preferences,
+    packed_attention_mask,
     read_rows,
     tokenize_prompt,
 )

@@ -3,6 +3,7 @@ import torch
 from rlfoundry.models import build_model
 from rlfoundry.ops.lm_head import gather_logprobs, token_logprobs
 from rlfoundry.rollout import HFSampler, SamplingParams, filter_logits
+from rlfoundry.rollout.hf_sampler import sample_from
 
 
 def test_chunked_logprobs_match_full_log_softmax_with_gradients():
@@ -61,6 +62,18 @@ def test_filter_logits_top_k_and_top_p():
     assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
     # nucleus 0.7: 0.5 alone is below, 0.5 + 0.3 crosses it -> keep two tokens
     assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+
+
+def test_inverse_cdf_sampling_follows_the_distribution_and_skips_zeros():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(40_000, 1)
+    probs[::2] *= 3.0  # unnormalised rows sample the same distribution
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_from(probs, gen)
+    freq = torch.bincount(draws, minlength=5).double() / draws.numel()
+    assert freq[1] == 0 and freq[4] == 0
+    assert torch.allclose(freq, torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0], dtype=torch.float64), atol=0.01)
+    again = sample_from(probs, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
 
 
 def test_sampler_shares_prefill_and_matches_teacher_forcing(tokenizer):

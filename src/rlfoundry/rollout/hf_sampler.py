@@ -29,12 +29,23 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of ``probs`` [n, V] (rows need not be normalised) by inverse-CDF
+    sampling: one uniform number per row and a search in the running sum. Exact like
+    ``torch.multinomial``, which on CPU instead draws an exponential number for every token
+    of the vocabulary (most of a small model's sampling time)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return idx.squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
 def _draw(probs: torch.Tensor, active: list[int], generator, group: int) -> torch.Tensor:
     """One token per row of ``probs``; with a generator per prompt, row ``j`` (sample
     ``active[j]``, prompt ``active[j] // group``) draws from its prompt's generator alone."""
     if not isinstance(generator, (list, tuple)):
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    return torch.cat([torch.multinomial(probs[j], 1, generator=generator[s // group])
+        return sample_from(probs, generator)
+    return torch.cat([sample_from(probs[j:j + 1], generator[s // group])
                       for j, s in enumerate(active)])
 
 
