@@ -217,6 +217,7 @@ def main() -> None:
           f"{args.micro_batch_size}; fp32; {args.threads} threads", flush=True)
 
     report: dict = {"machine": common.machine_info(args.threads), "settings": {**train, **trl_cfg}}
+    peak = common.matmul_peak_gflops(args.threads)  # best of before and after the runs
     sections = []
     if args.check_steps:
         spec = {**base, "output_dir": str(workdir / "check"),
@@ -229,7 +230,7 @@ def main() -> None:
     spec = {**base, "output_dir": str(workdir / "run"),
             "train": {**train, "steps": args.steps, "sequential": False}}
     res = common.interleaved(SCRIPT, libraries, spec, workdir, args.repeats, label="dpo")
-    peak = common.matmul_peak_gflops(args.threads)
+    peak = max(peak, common.matmul_peak_gflops(args.threads))
     flops = dpo_flops(mspec, counts)
     sections.append(report_speed(res, libraries, tokens, flops, peak, args))
     report["runs"] = {lib: [asdict(r) for r in res[lib]] for lib in libraries}

@@ -263,6 +263,7 @@ def main() -> None:
           f"generations per step, max_completion_length {args.max_completion_length}, micro-batch "
           f"{args.micro_batch_size} completions; fp32; {args.threads} threads", flush=True)
     report: dict = {"machine": common.machine_info(args.threads), "settings": {**train, **trl_cfg}}
+    peak = common.matmul_peak_gflops(args.threads)  # best of before and after the runs
     if args.check_steps:
         spec = {**base, "output_dir": str(workdir / "grpo_check"),
                 "train": {**train, "steps": args.check_steps, "sequential": True, "fixed": True}}
@@ -273,7 +274,7 @@ def main() -> None:
     spec = {**base, "output_dir": str(workdir / "grpo_run"),
             "train": {**train, "steps": args.steps, "sequential": False, "fixed": False}}
     res = common.interleaved(SCRIPT, libraries, spec, workdir, args.repeats, label="grpo")
-    peak = common.matmul_peak_gflops(args.threads)
+    peak = max(peak, common.matmul_peak_gflops(args.threads))
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_path)

@@ -13,6 +13,8 @@
 2. ``DPOLossFn`` (sigmoid) and ``GRPOLossFn`` (dapo, clip 0.2) on per-sequence / per-token
    log-probs, against the bare formula in a few lines of torch, to show what validation and
    metrics cost.
+3. One AdamW step over the benchmark model's parameters (loop / foreach / fused), and one
+   sampling draw over a 32k vocabulary (``torch.multinomial`` / inverse CDF).
 
 Peak memory is the growth of this process's peak RSS during the call (the peak counter is
 reset before each measurement; the script re-executes itself with glibc's mmap threshold
@@ -199,6 +201,50 @@ def loss_section(reps: int) -> None:
                        rows)
 
 
+# ------------------------------------------------------------------------------- optimizer, sampling
+
+def optimizer_section(reps: int) -> None:
+    """One AdamW step over the benchmark model's parameters: torch's default on CPU (a loop
+    over tensors), foreach, and fused (rlfoundry's choice where the build supports it)."""
+    import torch
+
+    spec = common.ModelSpec()
+    h, i, kv = spec.hidden_size, spec.intermediate_size, spec.num_key_value_heads
+    kvd = kv * h // spec.num_attention_heads
+    layer = [(h, h), (kvd, h), (kvd, h), (h, h), (i, h), (i, h), (h, i), (h,), (h,), (h,), (kvd,), (kvd,)]
+    shapes = [(spec.vocab_size, h), (h,)] + layer * spec.num_hidden_layers
+    rows, results = [], {}
+    for name, kw in (("torch default (per-tensor loop)", {}), ("foreach", {"foreach": True}),
+                     ("fused (rlfoundry)", {"fused": True})):
+        params = [torch.nn.Parameter(torch.randn(*sh)) for sh in shapes]
+        for prm in params:
+            prm.grad = torch.randn_like(prm)
+        opt = torch.optim.AdamW(params, lr=1e-4, **kw)
+        results[name] = measure(opt.step, reps * 3)[0]
+    for name, t in results.items():
+        rows.append([name, t * 1000, f"{t / results['fused (rlfoundry)']:.2f}x"])
+    n = sum(torch.Size(sh).numel() for sh in shapes)
+    common.print_table(f"AdamW step over {n / 1e6:.1f}M parameters", ["implementation", "ms", "time / fused"],
+                       rows)
+
+
+def sampling_section(reps: int) -> None:
+    """Drawing one token per row from [16, 32000] probabilities (one decode step of the GRPO
+    benchmark): ``torch.multinomial`` vs rlfoundry's inverse-CDF sampler."""
+    import torch
+
+    from rlfoundry.rollout.hf_sampler import sample_from
+
+    probs = torch.randn(16, V).softmax(-1)
+    gen = torch.Generator().manual_seed(0)
+    t_multi = measure(lambda: torch.multinomial(probs, 1, generator=gen), reps * 10)[0]
+    t_ours = measure(lambda: sample_from(probs, gen), reps * 10)[0]
+    common.print_table("sampling one token per row, 16 x 32,000 probabilities",
+                       ["implementation", "ms", "time / rlfoundry"],
+                       [["torch.multinomial (HF generate)", t_multi * 1000, f"{t_multi / t_ours:.2f}x"],
+                        ["rlfoundry sample_from (inverse CDF)", t_ours * 1000, "1.00x"]])
+
+
 def main() -> None:
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=1024, help="response tokens in the log-prob benchmark")
@@ -212,6 +258,8 @@ def main() -> None:
     common.worker_setup(args.threads)
     logprob_section(args.tokens, args.reps)
     loss_section(args.reps)
+    optimizer_section(args.reps)
+    sampling_section(args.reps)
     print(f"machine: {common.machine_info(args.threads)}")
 
 
