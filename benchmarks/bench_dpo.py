@@ -21,6 +21,7 @@ Two phases, each library in its own subprocess:
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -181,7 +182,9 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
-        spec["output_dir"] = str(Path(spec["output_dir"]) / Path(args.out).stem)  # fresh per run
+        out_dir = Path(spec["output_dir"]) / Path(args.out).stem
+        shutil.rmtree(out_dir, ignore_errors=True)  # no cached reference log-probs from a past run
+        spec["output_dir"] = str(out_dir)
         result = WORKERS[args.worker](spec)
         Path(args.out).write_text(json.dumps(result))
         return

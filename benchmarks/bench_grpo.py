@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -236,7 +237,9 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
-        spec["output_dir"] = str(Path(spec["output_dir"]) / Path(args.out).stem)  # fresh per run
+        out_dir = Path(spec["output_dir"]) / Path(args.out).stem
+        shutil.rmtree(out_dir, ignore_errors=True)  # no cached reference log-probs from a past run
+        spec["output_dir"] = str(out_dir)
         Path(args.out).write_text(json.dumps(WORKERS[args.worker](spec)))
         return
 
