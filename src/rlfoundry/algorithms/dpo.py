@@ -24,7 +24,8 @@ prompt goes through the model once per pair instead of twice and the two complet
 padded to each other; the log-probs are those of separate rows. The token-level view then
 has one row per sequence whose column ``j`` is its ``j``-th scored token (with separate rows
 the columns are aligned with ``input_ids[:, 1:]``); masks, sums and means are the same.
-Models whose attention takes no custom mask (flash-attention kernels) use separate rows.
+Separate rows are used when the model's attention takes no custom mask (flash-attention
+kernels) or the loss has a component other than a DPO loss (token-level objectives).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 
 import torch
 
-from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
+from rlfoundry.algorithms.loss_functions import DPOLossFn, LossFunctionRegistry
 from rlfoundry.algorithms.loss_functions.dpo import preference_accuracy
 from rlfoundry.algorithms.reference import (
     ReferenceTable,
@@ -54,7 +55,7 @@ from rlfoundry.ops.lm_head import supports_packed_rows
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
 from rlfoundry.training.distributed import shard_range
 from rlfoundry.training.metrics import WeightedMean
-from rlfoundry.training.schedules import get_beta
+from rlfoundry.training.schedules import get_beta, loss_components
 
 LOGP_KEYS = ("policy_chosen_logps", "policy_rejected_logps",
              "reference_chosen_logps", "reference_rejected_logps")
@@ -119,8 +120,13 @@ class DPOTrainer(Trainer):
 
     @property
     def packed(self) -> bool:
-        """One row per pair (``data.share_prompt``), when the model can run packed rows."""
-        return self.config.data.share_prompt and supports_packed_rows(self.model)
+        """One row per pair (``data.share_prompt``), when the model can run packed rows and
+        every loss component is a DPO loss (per-sequence log-probs only; token-level
+        objectives read their labels from ``input_ids`` rows, so they keep separate rows)."""
+        if not (self.config.data.share_prompt and supports_packed_rows(self.model)):
+            return False
+        leaves = [c for c in loss_components(self.loss_fn) if not getattr(c, "components", None)]
+        return all(isinstance(c, DPOLossFn) for c in leaves)
 
     def collate(self, indices: list[int], pairs=None) -> dict[str, Any]:
         pairs = self.train_pairs if pairs is None else pairs

@@ -79,8 +79,8 @@ class DataConfig(Section):
         description="DPO: run each pair as one row (prompt, chosen, rejected) under a mask that "
         "hides chosen from rejected, so the prompt is computed once and chosen/rejected are not "
         "padded to each other (same log-probs as separate rows). Used when the model's attention "
-        "takes a custom mask (sdpa, eager); otherwise, or when false, chosen and rejected are "
-        "separate rows.",
+        "takes a custom mask (sdpa, eager) and every loss component is a DPO loss; otherwise, or "
+        "when false, chosen and rejected are separate rows.",
     )
     truncation: Literal["truncate_prompt", "drop", "error"] = Field(
         "truncate_prompt",

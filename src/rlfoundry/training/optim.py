@@ -20,10 +20,13 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig) -> to
               {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     kwargs = dict(lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, ValueError, TypeError):  # e.g. CPU tensors before torch 2.4
-        return torch.optim.AdamW(groups, **kwargs)
+    plain = all(type(p) is torch.nn.Parameter for p in params)  # not sharded (FSDP2 DTensors)
+    if plain:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError, TypeError):  # e.g. CPU tensors before torch 2.4
+            pass
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
