@@ -120,9 +120,9 @@ def worker_rlfoundry(spec: dict) -> dict:
 
         def next_batch(self):
             timing.setdefault("t0", time.perf_counter())
-            if t["sequential"]:
+            if t["sequential"]:  # same pairs per step as TRL's sequential sampler
                 b = self.config.training.batch_size
-                return list(range(self.step * b, (self.step + 1) * b))
+                self.sampler.next_batch = lambda: list(range(self.step * b, (self.step + 1) * b))
             return super().next_batch()
 
         def optimizer_step(self, indices):

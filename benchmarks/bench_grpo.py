@@ -150,8 +150,6 @@ def worker_rlfoundry(spec: dict) -> dict:
                 order = list(range(self.step * b, (self.step + 1) * b))
                 self.buffer, self.rollout_metrics = self.make_rollout(order)
                 self.iteration = 0
-                self.iteration += 1
-                return list(range(self.buffer["input_ids"].shape[0]))
             return super().next_batch()
 
         def optimizer_step(self, indices):

@@ -93,16 +93,22 @@ def test_share_prompt_trains_like_separate_rows(tmp_path):
     assert float(((p_packed - p_rows).abs() > 1e-6).double().mean()) < 0.01
 
 
-def test_micro_batches_are_sorted_by_length_and_keep_every_pair_once(tmp_path):
+def test_steps_order_pairs_by_length_in_micro_batch_blocks(tmp_path):
     trainer = float64_trainer(run_config(tmp_path, micro_batch_size=3, batch_size=9))
-    trainer.setup_data()
-    indices = list(range(9))[::-1]
+    trainer.train()  # sets up data, sampler and optimizer
+    from rlfoundry.training.sampler import EpochSampler
+
+    trainer.sampler = EpochSampler(len(trainer.train_pairs), 9, seed=1)
+    expected = EpochSampler(len(trainer.train_pairs), 9, seed=1).next_batch()
+    indices = trainer.next_batch()
+    assert sorted(indices) == sorted(expected)  # the same pairs, each once
+    lengths = [trainer.train_pairs[i].packed_length for i in indices]
+    blocks = [lengths[i:i + 3] for i in range(0, 9, 3)]
+    assert all(b == sorted(b) for b in blocks)  # each micro-batch holds similar lengths
+    assert blocks[1][0] >= blocks[2][-1]  # shortest block, longest block, then the middle one
     batches = trainer.micro_batches(indices)
-    assert [b["num_sequences"] for b in batches] == [3, 3, 3]
-    seen = [int(i) for b in batches for i in b["index"]]
-    assert sorted(seen) == sorted(trainer.train_pairs[i].index for i in indices)
-    lengths = [trainer.train_pairs[i].packed_length for i in seen]
-    assert lengths == sorted(lengths)
+    assert [[int(i) for i in b["index"]] for b in batches] == [
+        [trainer.train_pairs[i].index for i in indices[k:k + 3]] for k in (0, 3, 6)]
 
 
 def test_resume_after_crash_reproduces_weights_and_metrics(tmp_path):

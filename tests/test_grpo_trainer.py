@@ -62,7 +62,7 @@ def test_grpo_accumulation_is_exact(tmp_path, loss_type):
     assert torch.allclose(params(full.model), params(acc.model), rtol=0, atol=1e-8)
 
 
-def test_grpo_micro_batches_sorted_by_length_keep_every_sample_once(tmp_path):
+def test_grpo_micro_batches_ordered_by_length_keep_every_sample_once(tmp_path):
     t = trainer64(config(tmp_path, max_steps=1, micro_batch_size=4))
     seen = []
     original = t.collate
@@ -76,8 +76,11 @@ def test_grpo_micro_batches_sorted_by_length_keep_every_sample_once(tmp_path):
     assert [len(b) for b in seen] == [4, 4, 4, 4]
     flat = [i for b in seen for i in b]
     assert sorted(flat) == list(range(16))
-    lengths = t.buffer["attention_mask"].sum(-1)[flat].tolist()
-    assert lengths == sorted(lengths)
+    lengths = t.buffer["attention_mask"].sum(-1)
+    for b in seen:  # each micro-batch: similar lengths, in order
+        assert lengths[b].tolist() == sorted(lengths[b].tolist())
+    maxima = sorted(int(lengths[b].max()) for b in seen)
+    assert int(lengths[seen[1]].max()) == maxima[-1]  # shortest block first, then the longest
 
 
 def test_grpo_resume_reproduces_weights_including_sampling_rng(tmp_path):

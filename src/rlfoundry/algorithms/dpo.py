@@ -55,6 +55,7 @@ from rlfoundry.ops.lm_head import supports_packed_rows
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
 from rlfoundry.training.distributed import shard_range
 from rlfoundry.training.metrics import WeightedMean
+from rlfoundry.training.sampler import length_blocks
 from rlfoundry.training.schedules import get_beta, loss_components
 
 LOGP_KEYS = ("policy_chosen_logps", "policy_rejected_logps",
@@ -138,13 +139,14 @@ class DPOTrainer(Trainer):
         batch["split"] = "train" if pairs is self.train_pairs else "eval"
         return batch
 
-    def micro_batches(self, indices: list[int]) -> list[dict[str, Any]]:
-        """The step's pairs sorted by length before they are cut into micro-batches, so each
-        micro-batch pads to similar lengths. The step's loss and gradient are unchanged:
-        micro-batches are weighted by their share of the step's pairs."""
+    def next_batch(self) -> list[int]:
+        """This rank's pairs of the step, the global batch first ordered by length in blocks
+        of ``micro_batch_size`` (:func:`~rlfoundry.training.sampler.length_blocks`), so each
+        micro-batch pads to similar lengths; the step's loss and gradient are unchanged."""
         pairs = self.train_pairs
-        key = (lambda i: pairs[i].packed_length) if self.packed else (lambda i: pairs[i].length)
-        return super().micro_batches(sorted(indices, key=key))
+        lengths = _LengthOf(pairs, packed=self.packed)
+        return self.local_share(length_blocks(self.sampler.next_batch(), lengths,
+                                              self.config.training.micro_batch_size))
 
     # ---- reference -----------------------------------------------------------------------
     def _setup_reference(self) -> None:
@@ -247,6 +249,16 @@ def _renumbered(pairs: list) -> list:
     """Pairs whose ``index`` is their position: the reference table is keyed by it, and rows
     dropped for length would otherwise leave gaps."""
     return [dataclasses.replace(p, index=k) for k, p in enumerate(pairs)]
+
+
+class _LengthOf:
+    """``lengths[i]``: tokens of pair ``i``'s row(s) in the batch layout in use."""
+
+    def __init__(self, pairs, packed: bool):
+        self.pairs, self.packed = pairs, packed
+
+    def __getitem__(self, i: int) -> int:
+        return self.pairs[i].packed_length if self.packed else self.pairs[i].length
 
 
 def _is_builtin(spec) -> bool:

@@ -64,6 +64,7 @@ from rlfoundry.training import distributed
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
 from rlfoundry.training.distributed import shard_range
 from rlfoundry.training.metrics import WeightedMean
+from rlfoundry.training.sampler import length_blocks
 
 DEFAULT_GROUP_SIZE = 4
 DEFAULT_REWARDS = {"addition": [{"name": "math_accuracy"}], "sort": [{"name": "exact_match"}],
@@ -262,7 +263,10 @@ class GRPOTrainer(Trainer):
             self.buffer, self.rollout_metrics = self.make_rollout(self.sampler.next_batch())
             self.iteration = 0
         self.iteration += 1
-        return self.local_share(list(range(self.buffer["input_ids"].shape[0])))
+        # ordered by length in micro-batch blocks: micro-batches are trimmed to similar widths
+        lengths = self.buffer["attention_mask"].sum(-1).tolist()
+        return self.local_share(length_blocks(list(range(len(lengths))), lengths,
+                                              self.config.training.micro_batch_size))
 
     def _sample_round(self, prompt_indices: list[int]) -> dict[str, Any]:
         """Sample and score one set of prompts (each rank its share), then group and compute
@@ -552,13 +556,6 @@ class GRPOTrainer(Trainer):
         return self.sampling.temperature or 1.0
 
     # ---- one micro-batch -----------------------------------------------------------------
-    def micro_batches(self, indices: list[int]) -> list[dict[str, Any]]:
-        """The samples sorted by length before they are cut into micro-batches, so each
-        micro-batch is trimmed to a similar width. Exact: micro-batches are weighted by their
-        share of the step's sequences (or tokens)."""
-        lengths = self.buffer["attention_mask"].sum(-1).tolist()
-        return super().micro_batches(sorted(indices, key=lambda i: lengths[i]))
-
     def collate(self, indices: list[int]) -> dict[str, Any]:
         buf = self.buffer
         idx = torch.tensor(indices)

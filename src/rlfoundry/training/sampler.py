@@ -1,6 +1,9 @@
-"""Deterministic, resumable data order: a fresh seeded permutation each epoch."""
+"""Deterministic, resumable data order: a fresh seeded permutation each epoch; within a step,
+examples ordered by length so that micro-batches pad less."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -42,3 +45,29 @@ class EpochSampler:
             raise ValueError(f"checkpoint was made on {state['n']} examples, the data now has {self.n}")
         self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
         self._order = self._permutation(self.epoch)
+
+
+def length_blocks(indices: list[int], lengths: Sequence[int], block: int | None) -> list[int]:
+    """The step's ``indices`` reordered so that micro-batches hold similar lengths.
+
+    Sorted by ``lengths[i]`` and cut into blocks of ``block`` (the micro-batch size), the
+    blocks are laid out shortest, longest, second shortest, second longest, ... Micro-batches
+    (consecutive blocks) then pad little, and any contiguous run of whole blocks -- one
+    rank's share of the step under torchrun -- mixes short and long blocks, so the ranks'
+    work stays balanced and a micro-batch holds the same examples whatever the number of
+    ranks. Every index is kept once; the step's loss and gradient do not depend on the order
+    (micro-batches are weighted by their share of the step's count). ``block`` None (one
+    micro-batch per rank) keeps the order as it is.
+    """
+    if not block or block >= len(indices):
+        return list(indices)
+    ordered = sorted(indices, key=lambda i: lengths[i])
+    blocks = [ordered[i:i + block] for i in range(0, len(ordered), block)]
+    out: list[int] = []
+    lo, hi = 0, len(blocks) - 1
+    while lo <= hi:
+        out.extend(blocks[lo])
+        if hi != lo:
+            out.extend(blocks[hi])
+        lo, hi = lo + 1, hi - 1
+    return out
