@@ -170,6 +170,44 @@ def dpo_flops(spec: ModelSpec, counts, ref_forward: bool = True) -> float:
     return fwd * (3 + (1 if ref_forward else 0))
 
 
+def layout_table(counts, batch: int, micro: int, shuffles: int = 20) -> str:
+    """Positions the backbone runs per non-padding token, averaged over random epoch orders:
+    TRL's layout (chosen and rejected as separate rows, micro-batches in sampler order) and
+    rlfoundry's (one packed row per pair, micro-batches cut from the step in length order)."""
+    import random
+
+    from rlfoundry.training.sampler import length_blocks
+
+    real = sum(2 * p + c + r for p, c, r in counts)
+    packed_len = [p + c + r for p, c, r in counts]
+
+    def positions(order, rows_of):
+        total = 0
+        for s in range(0, len(order), batch):
+            step = order[s:s + batch]
+            for m in range(0, len(step), micro):
+                rows = [n for i in step[m:m + micro] for n in rows_of(i)]
+                total += max(rows) * len(rows)
+        return total / real
+
+    sums = {"TRL: 2 rows per pair, sampler order": 0.0,
+            "rlfoundry: 1 packed row per pair, sampler order": 0.0,
+            "rlfoundry: packed rows, length-ordered micro-batches (default)": 0.0}
+    for seed in range(shuffles):
+        order = list(range(len(counts)))
+        random.Random(seed).shuffle(order)
+        two = positions(order, lambda i: (counts[i][0] + counts[i][1], counts[i][0] + counts[i][2]))
+        one = positions(order, lambda i: (packed_len[i],))
+        blocks = [i for s in range(0, len(order), batch)
+                  for i in length_blocks(order[s:s + batch], packed_len, micro)]
+        for key, v in zip(sums, (two, one, positions(blocks, lambda i: (packed_len[i],)))):
+            sums[key] += v / shuffles
+    rows = [[k, v] for k, v in sums.items()]
+    return common.print_table(
+        f"positions run through the model per non-padding token ({real} tokens; prompt counted "
+        "twice per pair, as two rows need it)", ["layout", "positions / token"], rows)
+
+
 def main() -> None:
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=8, help="optimizer steps in the timed run")
@@ -185,7 +223,10 @@ def main() -> None:
         out_dir = Path(spec["output_dir"]) / Path(args.out).stem
         shutil.rmtree(out_dir, ignore_errors=True)  # no cached reference log-probs from a past run
         spec["output_dir"] = str(out_dir)
-        result = WORKERS[args.worker](spec)
+        name, _, variant = args.worker.partition(":")  # rlfoundry:KEY=VALUE[+KEY=VALUE]
+        if variant:
+            spec["rlfoundry_overrides"] = spec["rlfoundry_overrides"] + variant.split("+")
+        result = WORKERS[name](spec)
         Path(args.out).write_text(json.dumps(result))
         return
 
@@ -230,6 +271,7 @@ def main() -> None:
         sections.append(report_check(res, libraries))
         report["check"] = {lib: res[lib][0].data["steps"] for lib in libraries}
 
+    sections.append(layout_table(counts, args.batch_size, args.micro_batch_size))
     spec = {**base, "output_dir": str(workdir / "run"),
             "train": {**train, "steps": args.steps, "sequential": False}}
     res = common.interleaved(SCRIPT, libraries, spec, workdir, args.repeats, label="dpo")
@@ -274,13 +316,17 @@ def report_speed(res, libraries, tokens, flops, peak, args) -> str:
         f"fraction of matmul peak ({peak:.0f} GFLOP/s)": {
             lib: flops / med(lib, "total_s") / 1e9 / peak for lib in libraries},
     }
-    header = ["figure"] + libraries + (["rlfoundry / trl"] if len(libraries) == 2 else [])
     rows = []
-    for name, vals in figures.items():
-        row = [name] + [vals[lib] for lib in libraries]
-        if len(libraries) == 2:
-            row.append(f"{vals['rlfoundry'] / vals['trl']:.2f}x")
-        rows.append(row)
+    if set(libraries) == {"trl", "rlfoundry"}:
+        header = ["figure"] + libraries + ["rlfoundry / trl"]
+        for name, vals in figures.items():
+            rows.append([name] + [vals[lib] for lib in libraries]
+                        + [f"{vals['rlfoundry'] / vals['trl']:.2f}x"])
+    else:  # variants: each against the first
+        header = ["figure"] + libraries + [f"{lib} / {libraries[0]}" for lib in libraries[1:]]
+        for name, vals in figures.items():
+            rows.append([name] + [vals[lib] for lib in libraries]
+                        + [f"{vals[lib] / vals[libraries[0]]:.2f}x" for lib in libraries[1:]])
     title = (f"DPO: {args.steps} steps x {args.batch_size} pairs, {tokens} tokens, "
              f"median of {args.repeats} interleaved runs")
     return common.print_table(title, header, rows)

@@ -409,7 +409,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="where the shared model/data are written (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="tiny run to check the script works")
     p.add_argument("--libraries", default="trl,rlfoundry",
-                   help="comma-separated subset of trl,rlfoundry (trl needs `pip install .[bench]`)")
+                   help="comma-separated subset of trl,rlfoundry (trl needs `pip install .[bench]`); "
+                   "bench_dpo.py also takes rlfoundry variants, e.g. "
+                   "'rlfoundry,rlfoundry:data.share_prompt=false' (ratios against the first)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--rlf", action="append", default=[], metavar="KEY=VALUE",
                    help="override an rlfoundry config key (e.g. data.share_prompt=false) to "
