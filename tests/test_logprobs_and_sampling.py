@@ -118,3 +118,18 @@ def test_sampler_stops_on_eos_and_stop_strings(tokenizer):
     eos_sampler = HFSampler(model, tokenizer, eos_token_ids=[eos])
     ro = eos_sampler.generate(prompt, 2, SamplingParams(temperature=0, max_new_tokens=9), gen)
     assert ro.truncated == [False, False] and ro.completion_ids == [expected, expected]
+
+
+def test_packed_rows_only_where_a_custom_mask_gives_the_same_attention():
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from rlfoundry.ops.lm_head import supports_packed_rows
+
+    small = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                 num_attention_heads=2, num_key_value_heads=1)
+    qwen = Qwen2ForCausalLM(Qwen2Config(**small, attn_implementation="sdpa"))
+    assert supports_packed_rows(qwen)
+    windowed = MistralForCausalLM(MistralConfig(**small, sliding_window=8, attn_implementation="sdpa"))
+    assert not supports_packed_rows(windowed)  # the custom mask would drop the window
+    qwen.config._attn_implementation = "flash_attention_2"
+    assert not supports_packed_rows(qwen)  # takes padding masks only

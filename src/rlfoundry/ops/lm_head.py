@@ -153,11 +153,14 @@ PACKED_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4D ma
 def supports_packed_rows(model) -> bool:
     """Whether :func:`logprobs_at` can run ``model`` on packed rows: a plain lm-head and an
     attention implementation that accepts a custom 4D mask (flash-attention kernels take
-    only padding masks, so such models keep one row per sequence)."""
+    only padding masks, so such models keep one row per sequence). Models with sliding-window
+    attention keep separate rows too: a custom mask replaces the window."""
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    return impl in PACKED_ATTENTION and _uses_plain_lm_head(model)
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", None) is not False:
+        return False
+    return getattr(cfg, "_attn_implementation", None) in PACKED_ATTENTION and _uses_plain_lm_head(model)
 
 
 def logprobs_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,

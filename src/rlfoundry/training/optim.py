@@ -13,20 +13,22 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig) -> to
     """AdamW; no weight decay on vectors (biases, norm weights).
 
     The fused implementation (one kernel per parameter group instead of about ten passes over
-    every tensor; several times faster on CPU) is used where this torch build supports it."""
+    every tensor; several times faster on CPU) is used whenever the parameters allow it."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    kwargs = dict(lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
-    plain = all(type(p) is torch.nn.Parameter for p in params)  # not sharded (FSDP2 DTensors)
-    if plain:
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, ValueError, TypeError):  # e.g. CPU tensors before torch 2.4
-            pass
-    return torch.optim.AdamW(groups, **kwargs)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas),
+                             eps=cfg.adam_eps, fused=_can_fuse(params))
+
+
+def _can_fuse(params: list[torch.nn.Parameter]) -> bool:
+    """Fused AdamW takes plain (unsharded; FSDP2 gives DTensors) floating tensors on CPU or
+    CUDA, all on one device type."""
+    devices = {p.device.type for p in params}
+    return (len(devices) == 1 and devices <= {"cpu", "cuda"}
+            and all(type(p) is torch.nn.Parameter and p.is_floating_point() for p in params))
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
