@@ -286,18 +286,8 @@ def main() -> None:
 
 
 def report_check(res, libraries) -> str:
-    header = ["step"] + [f"{lib} {k}" for k in ("loss", "grad_norm") for lib in libraries]
-    if len(libraries) == 2:
-        header += ["|d loss|", "grad_norm ratio"]
-    rows = []
     runs = {lib: res[lib][0].data["steps"] for lib in libraries}
-    for i in range(min(len(v) for v in runs.values())):
-        row = [i + 1] + [f"{runs[lib][i][k]:.6f}" for k in ("loss", "grad_norm") for lib in libraries]
-        if len(libraries) == 2:
-            a, b = (runs[lib][i] for lib in libraries)
-            row += [f"{abs(a['loss'] - b['loss']):.2e}", b["grad_norm"] / a["grad_norm"]]
-        rows.append(row)
-    return common.print_table("DPO equal-math check (same pairs, same order; ln 2 = 0.6931)", header, rows)
+    return common.equal_math_table("DPO equal-math check (same pairs, same order; ln 2 = 0.6931)", runs)
 
 
 def report_speed(res, libraries, tokens, flops, peak, args) -> str:

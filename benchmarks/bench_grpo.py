@@ -290,17 +290,7 @@ def main() -> None:
 
 def report_check(res, libraries) -> str:
     runs = {lib: res[lib][0].data["records"] for lib in libraries}
-    header = ["step"] + [f"{lib} {k}" for k in ("loss", "grad_norm") for lib in libraries]
-    if len(libraries) == 2:
-        header += ["|d loss|", "grad_norm ratio"]
-    rows = []
-    for i in range(min(len(v) for v in runs.values())):
-        row = [i + 1] + [f"{runs[lib][i][k]:.6f}" for k in ("loss", "grad_norm") for lib in libraries]
-        if len(libraries) == 2:
-            a, b = (runs[lib][i] for lib in libraries)
-            row += [f"{abs(a['loss'] - b['loss']):.2e}", b["grad_norm"] / a["grad_norm"]]
-        rows.append(row)
-    return common.print_table("GRPO equal-math check (identical fixed completions)", header, rows)
+    return common.equal_math_table("GRPO equal-math check (identical fixed completions)", runs)
 
 
 def grpo_step_flops(spec: ModelSpec, args, prompt_len: float, completion_len: float) -> float:

@@ -373,6 +373,23 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> str:
     return text
 
 
+def equal_math_table(title: str, runs: dict[str, list[dict]]) -> str:
+    """Per-step loss and gradient norm of each library side by side (``runs``: library ->
+    its per-step records), with the loss difference and gradient-norm ratio of two."""
+    libraries = list(runs)
+    header = ["step"] + [f"{lib} {k}" for k in ("loss", "grad_norm") for lib in libraries]
+    if len(libraries) == 2:
+        header += ["|d loss|", "grad_norm ratio"]
+    rows = []
+    for i in range(min(len(v) for v in runs.values())):
+        row = [i + 1] + [f"{runs[lib][i][k]:.6f}" for k in ("loss", "grad_norm") for lib in libraries]
+        if len(libraries) == 2:
+            a, b = (runs[lib][i] for lib in libraries)
+            row += [f"{abs(a['loss'] - b['loss']):.2e}", b["grad_norm"] / a["grad_norm"]]
+        rows.append(row)
+    return print_table(title, header, rows)
+
+
 def machine_info(threads: int) -> str:
     import torch
 

@@ -480,20 +480,8 @@ def collate_preference(
     input_ids, attention_mask, loss_mask = pad_prompt_completions(prompts, completions, pad_id, t)
     loss_mask = loss_mask.float()
 
-    batch: dict[str, Any] = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "loss_mask": loss_mask,
-        "prompt_token_counts": torch.tensor([len(p.prompt_ids) for p in pairs], dtype=torch.long),
-        "chosen_token_counts": torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.float),
-        "rejected_token_counts": torch.tensor([len(p.rejected_ids) for p in pairs],
-                                              dtype=torch.float),
-        "index": torch.tensor([p.index for p in pairs], dtype=torch.long),
-    }
-    keys = dict.fromkeys(k for p in pairs for k in p.extras)
-    for key in keys:
-        batch[key] = collate_extra([p.extras.get(key) for p in pairs])
-    return batch
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
+            **_pair_fields(pairs)}
 
 
 PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, -1  # segment ids of the packed layout
@@ -551,7 +539,7 @@ def collate_preference_packed(
                 sequence.append(seq)
                 column.append(j - first)
     loss_mask = ((segment_ids == CHOSEN) | (segment_ids == REJECTED)).float()
-    batch: dict[str, Any] = {
+    return {
         "input_ids": input_ids,
         "attention_mask": (segment_ids != PADDING).long(),
         "position_ids": position_ids,
@@ -562,16 +550,8 @@ def collate_preference_packed(
         "logp_sequence": torch.tensor(sequence, dtype=torch.long),
         "logp_column": torch.tensor(column, dtype=torch.long),
         "logp_width": max(column, default=-1) + 1,
-        "prompt_token_counts": torch.tensor([len(p.prompt_ids) for p in pairs], dtype=torch.long),
-        "chosen_token_counts": torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.float),
-        "rejected_token_counts": torch.tensor([len(p.rejected_ids) for p in pairs],
-                                              dtype=torch.float),
-        "index": torch.tensor([p.index for p in pairs], dtype=torch.long),
+        **_pair_fields(pairs),
     }
-    keys = dict.fromkeys(k for p in pairs for k in p.extras)
-    for key in keys:
-        batch[key] = collate_extra([p.extras.get(key) for p in pairs])
-    return batch
 
 
 def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -587,6 +567,20 @@ def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype | None =
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
         ~allowed, torch.finfo(dtype).min)
+
+
+def _pair_fields(pairs: Sequence[TokenizedPair]) -> dict[str, Any]:
+    """Per-pair entries of a collated batch in either layout: token counts, indices, extras."""
+    fields: dict[str, Any] = {
+        "prompt_token_counts": torch.tensor([len(p.prompt_ids) for p in pairs], dtype=torch.long),
+        "chosen_token_counts": torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.float),
+        "rejected_token_counts": torch.tensor([len(p.rejected_ids) for p in pairs],
+                                              dtype=torch.float),
+        "index": torch.tensor([p.index for p in pairs], dtype=torch.long),
+    }
+    for key in dict.fromkeys(k for p in pairs for k in p.extras):
+        fields[key] = collate_extra([p.extras.get(key) for p in pairs])
+    return fields
 
 
 def collate_extra(values: list[Any]) -> torch.Tensor | list[Any]:
