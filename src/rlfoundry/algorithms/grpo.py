@@ -303,12 +303,12 @@ class GRPOTrainer(Trainer):
         columns = _columns(examples)
         columns["completion_lengths"] = [len(c) for c in rollout.completion_ids]
         sample_ids = [f"{ex.location}#{i % self.group_size}" for i, ex in enumerate(examples)]
-        result, nonfinite = self.score(prompts, responses, columns, sample_ids)
+        result, nonfinite = self.score_rollout(prompts, responses, columns, sample_ids)
         return dict(rollout=rollout, prompts=prompts, responses=responses, rewards=result.total,
                     per_function=result.per_function, columns=columns, nonfinite=nonfinite,
                     reason_counts=result.reason_counts())
 
-    def score(self, prompts: list[Any], responses: list[str], columns: dict[str, list[Any]],
+    def score_rollout(self, prompts: list[Any], responses: list[str], columns: dict[str, list[Any]],
               sample_ids: list[str]) -> tuple[RewardResult, str | None]:
         """Run the reward functions (``algorithm.reward_error`` / ``reward_timeout`` apply).
         Returns the result and a description of any NaN/inf reward (None if all are finite),
