@@ -308,8 +308,9 @@ class GRPOTrainer(Trainer):
                     per_function=result.per_function, columns=columns, nonfinite=nonfinite,
                     reason_counts=result.reason_counts())
 
-    def score_rollout(self, prompts: list[Any], responses: list[str], columns: dict[str, list[Any]],
-              sample_ids: list[str]) -> tuple[RewardResult, str | None]:
+    def score_rollout(self, prompts: list[Any], responses: list[str],
+                      columns: dict[str, list[Any]],
+                      sample_ids: list[str]) -> tuple[RewardResult, str | None]:
         """Run the reward functions (``algorithm.reward_error`` / ``reward_timeout`` apply).
         Returns the result and a description of any NaN/inf reward (None if all are finite),
         which the caller hands to :meth:`nonfinite` once every rank's rewards are known."""
