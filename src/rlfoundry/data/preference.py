@@ -34,12 +34,10 @@ import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from rlfoundry.data.io import load_rows
 from rlfoundry.data.padding import pad_prompt_completions
 from rlfoundry.data.prompts import (
     Content,
@@ -50,14 +48,8 @@ from rlfoundry.data.prompts import (
     missing_key_error,
     split_columns,
 )
-from rlfoundry.data.row_policy import (
-    RowReport,
-    build_each,
-    filter_duplicates,
-    log_report,
-    no_rows_left,
-    source_label,
-)
+from rlfoundry.data.row_dataset import RowDataset
+from rlfoundry.data.row_policy import RowReport
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import did_you_mean
 
@@ -116,7 +108,7 @@ class TokenizedPair:
         return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
 
 
-class PreferenceDataset:
+class PreferenceDataset(RowDataset[PreferenceExample]):
     """Validated preference pairs.
 
     Build one from columns (the prompt is implicit when ``prompts`` is None)::
@@ -129,6 +121,8 @@ class PreferenceDataset:
     row's location. ``len()`` and indexing give :class:`PreferenceExample` objects;
     :meth:`tokenize` turns them into :class:`TokenizedPair` objects.
     """
+
+    TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 
     def __init__(
         self,
@@ -146,39 +140,13 @@ class PreferenceDataset:
         )
         self._build(rows, [f"<python>[row {i}]" for i in range(len(rows))])
 
-    @classmethod
-    def from_rows(cls, source: Any, *, on_bad_row: str = "error",
-                  duplicates: str = "keep") -> PreferenceDataset:
-        """From a path, a ``datasets.Dataset``, a DataFrame or a list of row dicts.
-
-        ``on_bad_row`` ("error" | "skip") and ``duplicates`` ("keep" | "drop" | "error") are
-        the ``data.*`` policies of :mod:`rlfoundry.data.row_policy`; ``report`` afterwards
-        says what was skipped or found twice.
-        """
-        report = RowReport()
-        rows, locations = load_rows(source, text_columns=("prompt", "chosen", "rejected"),
-                                    on_bad_row=on_bad_row, report=report)
-        self = cls.__new__(cls)
-        self._build(rows, locations, on_bad_row, duplicates, report)
-        return self
-
-    @classmethod
-    def from_file(cls, path: str | Path, *, on_bad_row: str = "error",
-                  duplicates: str = "keep") -> PreferenceDataset:
-        """From a ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file."""
-        return cls.from_rows(Path(path), on_bad_row=on_bad_row, duplicates=duplicates)
-
     # ------------------------------------------------------------------ building
 
     def _build(self, rows: list[dict[str, Any]], locations: list[str], on_bad_row: str = "error",
                duplicates: str = "keep", report: RowReport | None = None) -> None:
-        if not rows:
-            raise DataError("a PreferenceDataset needs at least one row")
-        self.report = report = report if report is not None else RowReport()
-        total = len(rows) + len(report.skipped)
-        rows, locations = filter_duplicates(rows, locations, duplicates, report)
-        implicit = not any("prompt" in row for row in rows)
-        if implicit:
+        # without any 'prompt' column, prompts are the shared start of chosen and rejected
+        self.implicit_prompt = bool(rows) and not any("prompt" in row for row in rows)
+        if self.implicit_prompt:
             hint = did_you_mean("prompt", [k for k in rows[0] if k not in ("chosen", "rejected")])
             if hint:
                 warnings.warn(
@@ -186,26 +154,14 @@ class PreferenceDataset:
                     f"start of chosen/rejected{hint}",
                     stacklevel=3,
                 )
-        self.examples: list[PreferenceExample] = build_each(
-            rows, locations, lambda row, where, i: _normalize(row, where, i, implicit),
-            on_bad_row, report)
-        if not self.examples:
-            raise no_rows_left(total, report)
-        log_report(source_label(locations), total, report)
-        self.implicit_prompt = implicit
+        super()._build(rows, locations, on_bad_row, duplicates, report)
         self.num_identical = sum(e.chosen == e.rejected for e in self.examples)
         self.num_dropped = 0
         self.dropped_locations: list[str] = []
         self.num_truncated = 0
 
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> PreferenceExample:
-        return self.examples[index]
-
-    def __iter__(self):
-        return iter(self.examples)
+    def _example(self, row: dict[str, Any], where: str, index: int) -> PreferenceExample:
+        return _normalize(row, where, index, self.implicit_prompt)
 
     def __repr__(self) -> str:
         conv = sum(e.conversational for e in self.examples)

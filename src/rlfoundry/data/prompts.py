@@ -11,18 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlfoundry.data.io import load_rows
-from rlfoundry.data.row_policy import (
-    RowReport,
-    build_each,
-    filter_duplicates,
-    log_report,
-    no_rows_left,
-    source_label,
-)
+from rlfoundry.data.row_dataset import RowDataset
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import did_you_mean
 
@@ -190,7 +181,7 @@ def tokenize_prompt(
     return keep_end(ids, max_prompt_length)
 
 
-class PromptDataset:
+class PromptDataset(RowDataset[PromptExample]):
     """Prompts plus any other columns (e.g. ``answer``), kept per example for reward functions.
 
     ``PromptDataset(prompts=[...], answer=[...])`` builds one from columns;
@@ -198,55 +189,16 @@ class PromptDataset:
     ``prompt`` key; :meth:`from_file` reads a file. Indexing gives a :class:`PromptExample`.
     """
 
+    TEXT_COLUMNS = ("prompt",)
+
     def __init__(self, prompts: Sequence[Content], **extra_columns: Sequence[Any]) -> None:
         if isinstance(prompts, (str, bytes)):
             raise DataError("prompts must be a list of prompts, not a single string")
         rows = split_columns({"prompt": prompts}, extra_columns)
         self._build(rows, [f"<python>[row {i}]" for i in range(len(rows))])
 
-    @classmethod
-    def from_rows(cls, source: Any, *, on_bad_row: str = "error",
-                  duplicates: str = "keep") -> PromptDataset:
-        """From a path, a ``datasets.Dataset``, a DataFrame or a list of row dicts.
-
-        ``on_bad_row`` ("error" | "skip") and ``duplicates`` ("keep" | "drop" | "error") are
-        the ``data.*`` policies of :mod:`rlfoundry.data.row_policy`; ``report`` afterwards
-        says what was skipped or found twice.
-        """
-        report = RowReport()
-        rows, locations = load_rows(source, text_columns=("prompt",), on_bad_row=on_bad_row,
-                                    report=report)
-        self = cls.__new__(cls)
-        self._build(rows, locations, on_bad_row, duplicates, report)
-        return self
-
-    @classmethod
-    def from_file(cls, path: str | Path, *, on_bad_row: str = "error",
-                  duplicates: str = "keep") -> PromptDataset:
-        """From a ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file."""
-        return cls.from_rows(Path(path), on_bad_row=on_bad_row, duplicates=duplicates)
-
-    def _build(self, rows: list[dict[str, Any]], locations: list[str], on_bad_row: str = "error",
-               duplicates: str = "keep", report: RowReport | None = None) -> None:
-        if not rows:
-            raise DataError("a PromptDataset needs at least one row")
-        self.report = report = report if report is not None else RowReport()
-        total = len(rows) + len(report.skipped)
-        rows, locations = filter_duplicates(rows, locations, duplicates, report)
-        self.examples: list[PromptExample] = build_each(rows, locations, _prompt_example,
-                                                        on_bad_row, report)
-        if not self.examples:
-            raise no_rows_left(total, report)
-        log_report(source_label(locations), total, report)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> PromptExample:
-        return self.examples[index]
-
-    def __iter__(self):
-        return iter(self.examples)
+    def _example(self, row: dict[str, Any], where: str, index: int) -> PromptExample:
+        return _prompt_example(row, where, index)
 
     def __repr__(self) -> str:
         extras = sorted({k for e in self.examples for k in e.extras})
