@@ -278,11 +278,7 @@ def main() -> None:
     peak = max(peak, common.matmul_peak_gflops(args.threads))
     flops = dpo_flops(mspec, counts)
     sections.append(report_speed(res, libraries, tokens, flops, peak, args))
-    report["runs"] = {lib: [asdict(r) for r in res[lib]] for lib in libraries}
-    report["matmul_peak_gflops"] = peak
-    print(f"machine: {report['machine']}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    common.finish_report(report, res, peak, args.json)
 
 
 def report_check(res, libraries) -> str:

@@ -281,11 +281,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(tok_path)
     prompt_len = sum(len(tok(r["prompt"])["input_ids"]) for r in common.read_jsonl(data)) / n
     report_speed(res, libraries, args, peak, mspec, prompt_len)
-    report["runs"] = {lib: [asdict(r) for r in res[lib]] for lib in libraries}
-    report["matmul_peak_gflops"] = peak
-    print(f"machine: {report['machine']}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    common.finish_report(report, res, peak, args.json)
 
 
 def report_check(res, libraries) -> str:

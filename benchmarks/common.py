@@ -390,6 +390,15 @@ def equal_math_table(title: str, runs: dict[str, list[dict]]) -> str:
     return print_table(title, header, rows)
 
 
+def finish_report(report: dict, res: dict[str, list[RunResult]], peak: float, json_path) -> None:
+    """Add the raw runs and the matmul peak to ``report``, print the machine, write the JSON."""
+    report["runs"] = {lib: [asdict(r) for r in runs] for lib, runs in res.items()}
+    report["matmul_peak_gflops"] = peak
+    print(f"machine: {report['machine']}")
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1))
+
+
 def machine_info(threads: int) -> str:
     import torch
 

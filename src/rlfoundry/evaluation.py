@@ -61,31 +61,30 @@ def first_rows(dataset, limit: int | None):
 
 def load_prompts(spec: str, limit: int | None = None) -> PromptDataset:
     """Prompt rows from a file or a built-in set (its held-out ``eval`` split)."""
-    from rlfoundry.data.synthetic import builtin_dataset, builtin_kind
-
-    name = _split_builtin(spec)
-    if name is None:
-        if not Path(spec).is_file():
-            raise DataError(f"--prompts: '{spec}' is no file and no built-in set (builtin:NAME)")
-        return first_rows(PromptDataset.from_rows(Path(spec)), limit)
-    if builtin_kind(name) == "preference":
-        raise ConfigError(f"--prompts: 'builtin:{name}' is a preference set; pass it to --pairs")
-    return PromptDataset.from_rows(builtin_dataset(name, "eval", limit, seed=0))
+    return _load_rows(spec, limit, "--prompts", PromptDataset)
 
 
 def load_pairs(spec: str, limit: int | None = None) -> PreferenceDataset:
     """Preference rows from a file or a built-in set (its held-out ``eval`` split)."""
+    return _load_rows(spec, limit, "--pairs", PreferenceDataset)
+
+
+def _load_rows(spec: str, limit: int | None, option: str, cls):
+    """``cls`` rows for the CLI ``option`` from a file or a built-in set of the right kind."""
     from rlfoundry.data.synthetic import builtin_dataset, builtin_kind
 
     name = _split_builtin(spec)
     if name is None:
         if not Path(spec).is_file():
-            raise DataError(f"--pairs: '{spec}' is no file and no built-in set (builtin:NAME)")
-        return first_rows(PreferenceDataset.from_rows(Path(spec)), limit)
-    if builtin_kind(name) != "preference":
-        raise ConfigError(f"--pairs: 'builtin:{name}' is not a preference set "
+            raise DataError(f"{option}: '{spec}' is no file and no built-in set (builtin:NAME)")
+        return first_rows(cls.from_rows(Path(spec)), limit)
+    preference = builtin_kind(name) == "preference"
+    if preference and cls is PromptDataset:
+        raise ConfigError(f"{option}: 'builtin:{name}' is a preference set; pass it to --pairs")
+    if not preference and cls is PreferenceDataset:
+        raise ConfigError(f"{option}: 'builtin:{name}' is not a preference set "
                           f"(try builtin:sort_preferences)")
-    return PreferenceDataset.from_rows(builtin_dataset(name, "eval", limit, seed=0))
+    return cls.from_rows(builtin_dataset(name, "eval", limit, seed=0))
 
 
 def generate(model, tokenizer, prompts: Sequence[list[int]], num_samples: int,
