@@ -350,6 +350,15 @@ class AlgorithmConfig(Section):
     entropy_coef: float | None = Field(None, description="GRPO: entropy bonus weight.")
 
 
+class RolloutConfig(Section):
+    """Where GRPO rollouts are generated (docs/rollouts.md)."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="Generation engine: 'hf' (the policy itself, in the trainer's process) "
+        "or 'vllm' (an inference engine synced to the policy after every optimizer step; needs "
+        "the extra: pip install 'rlfoundry[vllm]').")
+
+
 GRPO_ONLY_FIELDS = ("group_size", "num_generations", "num_iterations", "rewards", "reward_error",
                     "reward_timeout",
                     "sampling", "advantage", "dynamic_sampling", "group_strategy", "grouping",
@@ -365,6 +374,7 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="GRPO: rollout engine.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     plugins: list[str] = Field(
         default_factory=list,
