@@ -15,7 +15,7 @@ import functools
 import signal
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -109,6 +109,19 @@ def raise_site(error: BaseException) -> str:
         return "an unknown place"
     last = frames[-1]
     return f"{last.filename}:{last.lineno} in {last.name}"
+
+
+def blame(error: BaseException, suspects: Sequence[tuple[str, Any]], default: str) -> str:
+    """The label of the suspect (a ``(label, object)`` pair) whose module holds the innermost
+    frame of ``error``'s traceback, else ``default``."""
+    modules = [(label, getattr(obj, "__module__", None) or type(obj).__module__)
+               for label, obj in suspects]
+    for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__))):
+        name = frame.f_globals.get("__name__")
+        for label, module in modules:
+            if name == module:
+                return label
+    return default
 
 
 @contextmanager
