@@ -20,6 +20,7 @@ import pytest
 from rlfoundry.errors import ConfigError
 from rlfoundry.plugins import import_plugins
 from rlfoundry.rewards import RewardError, compute_rewards, in_process, resolve_rewards
+from rlfoundry.rewards.worker import reap_workers
 from rlfoundry.user_code import UserCodeError
 
 IDS = ["x.jsonl:1#0", "x.jsonl:1#1", "x.jsonl:2#0"]
@@ -40,6 +41,7 @@ def _children() -> set[int]:
 def no_leftover_workers():
     before = _children()
     yield
+    reap_workers(block=True)  # workers are SIGKILLed at once but reaped lazily
     assert _children() <= before, "a reward worker process was left behind"
 
 

@@ -161,28 +161,38 @@ def _from_worker(outcome: Any, timeout: float | None) -> Scored | BaseException:
     raise TypeError(f"unexpected reply from a reward worker: {type(outcome).__name__}")
 
 
-def outcomes(name: str, fn: Any, calls: Sequence[Sequence[int]], data: tuple,
-              sample_ids: Sequence[Any] | None, timeout: float | None, isolated: bool,
-              watch: InterruptWatch) -> Iterator[tuple[int, Scored | BaseException]]:
-    """``(k, outcome)`` per call ``calls[k]`` (sample indices): checked values, or the error
-    of a call that raised, exited, crashed or timed out (malformed returns raise at once)."""
+@dataclass(frozen=True)
+class Call:
+    """One call of reward function ``fn`` (reported as ``name``) on the samples ``indices``."""
+
+    name: str
+    fn: Any
+    indices: Sequence[int]
+
+
+def outcomes(calls: Sequence[Call], data: tuple, sample_ids: Sequence[Any] | None,
+             timeout: float | None, isolated: bool, watch: InterruptWatch
+             ) -> Iterator[tuple[int, Scored | BaseException]]:
+    """``(k, outcome)`` for each of ``calls`` in order, all in one worker (``isolated``; a new
+    one after a kill) or all here: checked values, or the error of a call that raised, exited,
+    crashed or timed out (a malformed return value raises :class:`RewardError` at once)."""
     if isolated:
-        jobs = [functools.partial(_worker_job, name, fn, idx, _subset(idx, *data), sample_ids)
-                for idx in calls]
+        jobs = [functools.partial(_worker_job, c.name, c.fn, c.indices,
+                                  _subset(c.indices, *data), sample_ids) for c in calls]
         with closing(run_forked(jobs, timeout)) as replies:  # closing kills the worker
             for k, outcome in replies:
                 yield k, _from_worker(outcome, timeout)
         return
-    for k, idx in enumerate(calls):
-        prompts, completions, columns = _subset(idx, *data)
+    for k, c in enumerate(calls):
+        prompts, completions, columns = _subset(c.indices, *data)
         try:
-            raw = call_with_timeout(fn, timeout, prompts, completions, **columns)
+            raw = call_with_timeout(c.fn, timeout, prompts, completions, **columns)
         except BaseException as e:  # user code: sys.exit and KeyboardInterrupt included
             if watch.is_real(e):  # a real Ctrl-C stops the run
                 raise
             yield k, e
             continue
-        yield k, _checked(name, raw, idx, sample_ids)
+        yield k, _checked(c.name, raw, c.indices, sample_ids)
 
 
 def failure_reason(e: BaseException) -> str:

@@ -23,8 +23,8 @@ import torch
 
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import Registry, did_you_mean, import_object
-from rlfoundry.rewards.calls import NonFiniteRewardError as NonFiniteRewardError  # re-exported
 from rlfoundry.rewards.calls import (
+    Call,
     RewardError,
     Scored,
     describe_failure,
@@ -34,6 +34,7 @@ from rlfoundry.rewards.calls import (
     runs_isolated,
     sample_name,
 )
+from rlfoundry.rewards.calls import NonFiniteRewardError as NonFiniteRewardError  # re-exported
 from rlfoundry.rewards.calls import Scores as Scores  # re-exported
 from rlfoundry.rewards.calls import in_process as mark_in_process
 from rlfoundry.user_code import InterruptWatch, origin, watching_interrupts
@@ -286,10 +287,10 @@ def compute_rewards(
     present = torch.zeros(n, dtype=torch.bool)
     data = (prompts, completions, columns)
     with watching_interrupts() as watch:
+        firsts = _batch_calls(reward_fns, data, sample_ids, timeout, watch)
         for name, fn, weight in reward_fns:
-            isolated = runs_isolated(fn, timeout)
-            values, failures, scored, batch = _run_one(name, fn, data, sample_ids, timeout,
-                                                       isolated, watch)
+            values, failures, scored, batch = _run_one(name, fn, firsts[name], data, sample_ids,
+                                                       timeout, watch)
             if failures:
                 _report_failures(name, fn, failures, n, on_error, sample_ids)
                 if on_error == "zero":
@@ -308,31 +309,49 @@ def compute_rewards(
     return RewardResult(total, per_function, num_errors, reasons, details)
 
 
-def _run_one(name: str, fn: RewardFunction, data: tuple, sample_ids: Sequence[Any] | None,
-             timeout: float | None, isolated: bool, watch: InterruptWatch
-             ) -> tuple[list[float | None], dict[int, BaseException], dict[int, Scored], bool]:
-    """One function over the batch: values (None where it failed), failures by sample, the
-    successful calls by sample (keyed 0 for the batch call) and whether the batch call did it.
-    A failed batch call (raised, exited, crashed or timed out) is retried one sample at a time
-    to find the samples that fail; if none does, the batch failure is a :class:`RewardError`."""
+def _batch_calls(reward_fns: Sequence[tuple[str, RewardFunction, float]], data: tuple,
+                 sample_ids: Sequence[Any] | None, timeout: float | None, watch: InterruptWatch
+                 ) -> dict[str, Scored | BaseException]:
+    """Each function's call on the whole batch; those that run isolated share one worker
+    (one fork per step when nothing fails)."""
     n = len(data[1])
-    with closing(outcomes(name, fn, [range(n)], data, sample_ids, timeout, isolated, watch)) as it:
-        _, first = next(it)
+    out: dict[str, Scored | BaseException] = {}
+    for isolated in (True, False):
+        calls = [Call(name, fn, range(n)) for name, fn, _ in reward_fns
+                 if runs_isolated(fn, timeout) == isolated]
+        if calls:
+            with closing(outcomes(calls, data, sample_ids, timeout, isolated, watch)) as replies:
+                for k, outcome in replies:
+                    out[calls[k].name] = outcome
+    return out
+
+
+def _run_one(name: str, fn: RewardFunction, first: Scored | BaseException, data: tuple,
+             sample_ids: Sequence[Any] | None, timeout: float | None, watch: InterruptWatch
+             ) -> tuple[list[float | None], dict[int, BaseException], dict[int, Scored], bool]:
+    """One function's result from its batch call ``first``: values (None where it failed),
+    failures by sample, the successful calls by sample (keyed 0 for the batch call) and
+    whether the batch call did it. A failed batch call (raised, exited, crashed or timed out)
+    is retried one sample at a time to find the samples that fail; if none does, the batch
+    failure is a :class:`RewardError`."""
+    n = len(data[1])
     if isinstance(first, Scored):
         return first.values, {}, {0: first}, True
     values: list[float | None] = [None] * n
     failures: dict[int, BaseException] = {}
     scored: dict[int, Scored] = {}
-    for i, outcome in outcomes(name, fn, [[i] for i in range(n)], data, sample_ids, timeout,
-                                isolated, watch):
-        if isinstance(outcome, Scored):
-            values[i], scored[i] = outcome.values[0], outcome
-        else:
-            failures[i] = outcome
+    singles = [Call(name, fn, [i]) for i in range(n)]
+    isolated = runs_isolated(fn, timeout)
+    with closing(outcomes(singles, data, sample_ids, timeout, isolated, watch)) as replies:
+        for i, outcome in replies:
+            if isinstance(outcome, Scored):
+                values[i], scored[i] = outcome.values[0], outcome
+            else:
+                failures[i] = outcome
     if not failures:
         raise RewardError(
-            f"reward '{name}' {describe_failure(first)} on the batch of {n}, but on no single sample "
-            f"({origin(fn)})") from first
+            f"reward '{name}' {describe_failure(first)} on the batch of {n}, but on no single "
+            f"sample ({origin(fn)})") from first
     return values, failures, scored, False
 
 

@@ -20,7 +20,9 @@ decides) and is SIGKILLed by the kernel if the trainer dies.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import gc
 import os
 import pickle
 import select
@@ -94,12 +96,19 @@ class _Worker:
     def __init__(self, jobs: Sequence[Callable[[], Any]], start: int) -> None:
         self.start = start
         self.count = len(jobs)
+        reap_workers()
         _flush()  # nothing buffered before the fork is written twice
         read_fd, write_fd = os.pipe()
         parent = os.getpid()
-        with warnings.catch_warnings():  # fork with threads (3.12+): the child only runs jobs
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        pid = -1
+        gc.freeze()  # the child's collections skip the inherited objects (fewer copied pages)
+        try:
+            with warnings.catch_warnings():  # fork with threads (3.12+): the child only runs jobs
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        finally:
+            if pid != 0:
+                gc.unfreeze()
         if pid == 0:  # child: never returns into the caller's stack
             code = 0
             try:
@@ -184,14 +193,35 @@ class _Worker:
         return f"ended its worker process with exit status {code} (os._exit or a C-level exit)"
 
     def kill(self) -> None:
+        """SIGKILL the worker's process group (its own children too). It is reaped later
+        (:func:`reap_workers`): its exit, which unmaps the trainer-sized address space it
+        inherited, then runs in parallel with training instead of before it."""
         if self.status is None:
             for kill in (os.killpg, os.kill):
                 try:
                     kill(self.pid, signal.SIGKILL)
                 except OSError:
                     pass
-            _, self.status = os.waitpid(self.pid, 0)
+            _unreaped.add(self.pid)
         os.close(self.fd)
+
+
+_unreaped: set[int] = set()
+
+
+def reap_workers(block: bool = False) -> None:
+    """Collect the exit status of killed workers (``block``: wait for each; they are all
+    SIGKILLed, so this is quick)."""
+    for pid in list(_unreaped):
+        try:
+            done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere
+            done = pid
+        if done:
+            _unreaped.discard(pid)
+
+
+atexit.register(reap_workers, True)
 
 
 def _child(jobs: Sequence[Callable[[], Any]], start: int, fd: int, parent: int) -> None:
