@@ -180,6 +180,65 @@ def test_in_process_false_isolates_without_a_timeout(fn, no_leftover_workers):
     assert result.reasons["f"] == [None, "crashed", None]
 
 
+GRANDCHILD = {"pid_file": None}
+
+
+def dies_while_a_grandchild_holds_the_pipe(prompts, completions, **kw):
+    if "bad" in completions:
+        pid = os.fork()
+        if pid == 0:  # inherits the reply pipe, so the worker's death brings no EOF
+            time.sleep(HANG_S)
+            os._exit(0)
+        Path(GRANDCHILD["pid_file"]).write_text(str(pid))
+        os._exit(3)
+    return [1.0] * len(completions)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_worker_death_is_seen_even_when_a_grandchild_keeps_the_pipe_open(tmp_path,
+                                                                       no_leftover_workers):
+    GRANDCHILD["pid_file"] = tmp_path / "grandchild.pid"
+    start = time.monotonic()
+    result = run(in_process(dies_while_a_grandchild_holds_the_pipe, False), "zero", timeout=None)
+    assert time.monotonic() - start < MARGIN
+    assert result.reasons["f"] == [None, "crashed", None]
+    assert "exit status 3" in result.details["f"][1]
+    grandchild = int(GRANDCHILD["pid_file"].read_text())  # in the worker's process group,
+    deadline = time.monotonic() + MARGIN                   # which is killed with it
+    while _running(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(grandchild)
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def raises_unprintable_or_huge(prompts, completions, **kw):
+    if "bad" in completions:
+        raise Unprintable()
+    if "huge" in completions:
+        raise ValueError("x" * 1_000_000)
+    return [1.0] * len(completions)
+
+
+@pytest.mark.parametrize("timeout", [None, TIMEOUT])
+def test_unprintable_and_huge_exception_texts_are_contained(timeout):
+    result = compute_rewards([("f", raises_unprintable_or_huge, 1.0)], ["p"] * 3,
+                             ["ok", "bad", "huge"], on_error="skip", timeout=timeout)
+    details = result.details["f"]
+    assert details[1] == "raised Unprintable: <unprintable: its str() raised RuntimeError>"
+    assert details[2].startswith("raised ValueError: xxx") and len(details[2]) < 2100
+    assert details[2].endswith("(998000 more characters)")
+
+
 def test_worker_runs_closures_lambdas_and_bound_methods_and_keeps_scores(no_leftover_workers):
     from rlfoundry.rewards import Scores
 
@@ -318,6 +377,48 @@ def test_loss_raising_system_exit_fails_the_cli_run_naming_the_loss(tmp_path):
             "sys.exit(0)") in out.stderr, out.stderr
     assert "my_losses.py:9 in __call__" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_loss_exiting_while_it_is_built_fails_the_cli_run(tmp_path):
+    (tmp_path / "init_exit.py").write_text(textwrap.dedent('''
+        import sys
+        from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
+
+        @LossFunctionRegistry.register("init_exit")
+        class InitExit:
+            def __init__(self, cfg):
+                sys.exit(0)
+    '''))
+    out = subprocess.run([sys.executable, "-m", "rlfoundry", "train", "plugins=[./init_exit.py]",
+                          "algorithm.loss.type=init_exit", f"training.output_dir={tmp_path / 'run'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "user code called sys.exit(0) at" in out.stderr and "init_exit.py:8 in __init__" in out.stderr
+
+
+def swallows_on_odd_answers(prompts, completions, answer, **kw):
+    while True:
+        try:
+            if any(int(a) % 2 for a in answer):
+                end = time.monotonic() + HANG_S
+                while time.monotonic() < end:
+                    pass
+            return [1.0] * len(completions)
+        except Exception:
+            continue
+
+
+@pytest.mark.slow
+def test_grpo_run_survives_a_reward_that_swallows_the_timeout(tmp_path):
+    from tests.test_grpo_trainer import config, trainer64
+
+    cfg = config(tmp_path, {"rewards": [{"name": f"{__name__}:swallows_on_odd_answers"}],
+                            "reward_timeout": 0.2, "reward_error": "zero"}, max_steps=1)
+    start = time.monotonic()
+    metrics = trainer64(cfg).train()
+    assert time.monotonic() - start < HANG_S
+    assert metrics[f"reward/{__name__}:swallows_on_odd_answers/timeout"] >= 4
 
 
 def test_loss_hook_raising_keyboard_interrupt_is_a_user_code_error(tmp_path):

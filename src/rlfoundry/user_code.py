@@ -83,12 +83,29 @@ def watching_interrupts() -> Iterator[InterruptWatch]:
     yield InterruptWatch(_sigints, bool(reliable))
 
 
+MAX_MESSAGE = 2000  # characters of a user exception's text kept in our messages
+
+
 def describe_exit(error: BaseException) -> str:
-    """``called sys.exit(0)``, ``raised KeyboardInterrupt``, ``raised ValueError: msg``, ..."""
+    """``called sys.exit(0)``, ``raised KeyboardInterrupt``, ``raised ValueError: msg``, ...
+    (the text shortened to :data:`MAX_MESSAGE` characters; one whose ``str`` fails is named)."""
     if isinstance(error, SystemExit):
-        return f"called sys.exit({error.code!r})"
-    text = str(error)
+        return f"called sys.exit({_shorten(_text(error.code, repr))})"
+    text = _shorten(_text(error, str))
     return f"raised {type(error).__name__}" + (f": {text}" if text else "")
+
+
+def _text(value: Any, how: Callable[[Any], str]) -> str:
+    try:
+        return how(value)
+    except Exception as e:  # user code's __str__/__repr__
+        return f"<unprintable: its {how.__name__}() raised {type(e).__name__}>"
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= MAX_MESSAGE:
+        return text
+    return f"{text[:MAX_MESSAGE]}... ({len(text) - MAX_MESSAGE} more characters)"
 
 
 def origin(fn: Any) -> str:

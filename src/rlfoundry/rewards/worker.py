@@ -196,12 +196,15 @@ class _Worker:
         """SIGKILL the worker's process group (its own children too). It is reaped later
         (:func:`reap_workers`): its exit, which unmaps the trainer-sized address space it
         inherited, then runs in parallel with training instead of before it."""
+        try:  # also when the worker died by itself: what it started dies with its group
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
         if self.status is None:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(self.pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
             _unreaped.add(self.pid)
         os.close(self.fd)
 
