@@ -258,6 +258,28 @@ def test_worker_runs_closures_lambdas_and_bound_methods_and_keeps_scores(no_left
     assert result.reasons["method"] == ["judged"] * 3
 
 
+def torch_reward(prompts, completions, **kw):
+    import torch
+
+    x = torch.randn(128, 128)
+    return [float((x @ x).sum() * 0) + torch.get_num_threads() for _ in completions]
+
+
+def test_torch_works_in_the_worker_after_the_trainer_used_a_thread_pool(no_leftover_workers):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(256, 256)
+        (x @ x).sum()  # the trainer's OpenMP pool is up when the worker is forked
+        result = compute_rewards([("t", torch_reward, 1.0)], ["p"] * 2, ["a", "b"], timeout=30.0)
+        assert result.per_function["t"].tolist() == [1.0, 1.0]  # one thread in the worker
+        assert torch.get_num_threads() == 2  # the trainer's setting is untouched
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_malformed_return_in_the_worker_is_still_a_bug_not_a_sample_failure():
     with pytest.raises(RewardError, match="returned 2 values for 3 samples"):
         compute_rewards([("f", lambda p, c, **kw: [1.0, 2.0], 1.0)], ["p"] * 3, COMPLETIONS,

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlfoundry.errors import RLFoundryError
 from rlfoundry.user_code import describe_exit, raise_site
 
 _HEADER = struct.Struct("<Q")
@@ -43,6 +44,10 @@ _POLL_S = 0.05  # how often the parent checks that a silent worker is still aliv
 _PR_SET_PDEATHSIG = 1
 # resolved once in the parent: the child must not take the dynamic loader's lock after fork
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+class WorkerStartError(RLFoundryError):
+    """No worker process could be started (out of memory or processes)."""
 
 
 @dataclass(frozen=True)
@@ -98,14 +103,24 @@ class _Worker:
         self.count = len(jobs)
         reap_workers()
         _flush()  # nothing buffered before the fork is written twice
-        read_fd, write_fd = os.pipe()
         parent = os.getpid()
         pid = -1
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError as e:
+            raise WorkerStartError(f"cannot start a reward worker process: {e}") from e
         gc.freeze()  # the child's collections skip the inherited objects (fewer copied pages)
         try:
             with warnings.catch_warnings():  # fork with threads (3.12+): the child only runs jobs
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
+        except OSError as e:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise WorkerStartError(
+                f"cannot fork a reward worker process: {e}. Free memory or processes, or run the "
+                f"rewards in the trainer (in_process: true; a timeout then cannot stop a function "
+                f"that catches it)") from e
         finally:
             if pid != 0:
                 gc.unfreeze()
@@ -124,6 +139,8 @@ class _Worker:
         except OSError:
             pass
         self.pid, self.fd = pid, read_fd
+        self.poller = select.poll()  # not select(): the trainer may hold more than 1024 files
+        self.poller.register(read_fd, select.POLLIN)
         self.status: int | None = None
         self.buffer = bytearray()
 
@@ -160,8 +177,7 @@ class _Worker:
 
     def _read(self, wait: float) -> bool:
         """Read what arrives within ``wait`` seconds; True once no more will come."""
-        ready, _, _ = select.select([self.fd], [], [], max(wait, 0.0))
-        if ready:
+        if self.poller.poll(max(wait, 0.0) * 1000):  # readable, or the write end is closed
             chunk = os.read(self.fd, 1 << 20)
             if chunk:
                 self.buffer += chunk
