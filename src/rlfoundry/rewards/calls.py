@@ -230,6 +230,7 @@ def in_process(fn: Any, flag: bool = True) -> Any:
     work, but a timeout only interrupts Python code and cannot stop a function that catches
     it) or always in a killable worker process (``flag=False``, even without a timeout)."""
     wrapped = functools.partial(fn)
+    functools.update_wrapper(wrapped, fn)  # keeps __name__ (the default label) and the docs
     setattr(wrapped, IN_PROCESS_ATTR, bool(flag))
     return wrapped
 

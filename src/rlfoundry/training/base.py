@@ -237,7 +237,8 @@ class Trainer:
     def _blame(self, error: BaseException) -> str:
         """Who exited: "step N: the loss 'type' (module:Class)", or user code elsewhere."""
         loss_type = self.config.algorithm.loss.get("type")
-        suspects = [(f"the loss '{loss_type}' ({origin(c)})" if c is self.loss_fn
+        named = f"the loss '{loss_type}'" if loss_type else "the loss"
+        suspects = [(f"{named} ({origin(c)})" if c is self.loss_fn
                      else f"the loss component {origin(c)}", c)
                     for c in reversed(loss_components(self.loss_fn))]
         return f"step {self.step + 1}: " + blame(error, suspects, "user code")
