@@ -457,3 +457,57 @@ def test_loss_hook_raising_keyboard_interrupt_is_a_user_code_error(tmp_path):
                        r"failures:.*InterruptingLoss\) raised KeyboardInterrupt at .* in on_step_start"):
         trainer.train()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ---------------------------------------------------------------- Ctrl-C during a GRPO run
+
+
+def ctrl_c_during_reward(prompts, completions, **kw):
+    """Runs in the worker: the user presses Ctrl-C (SIGINT to the trainer) ``CTRL_C["times"]``
+    times while this reward works, on the first step only."""
+    if CTRL_C["sent"] is None or Path(CTRL_C["sent"]).exists():
+        return [1.0] * len(completions)
+    Path(CTRL_C["sent"]).write_text(str(os.getpid()))
+    for _ in range(CTRL_C["times"]):
+        os.kill(os.getppid(), signal.SIGINT)
+        time.sleep(0.3)
+    time.sleep(CTRL_C["then_sleep"])
+    return [1.0] * len(completions)
+
+
+CTRL_C = {"sent": None, "times": 1, "then_sleep": 0.5}
+
+
+def _grpo_with_ctrl_c(tmp_path, times, then_sleep):
+    from tests.test_grpo_trainer import config, trainer64
+
+    CTRL_C.update(sent=str(tmp_path / "sent"), times=times, then_sleep=then_sleep)
+    cfg = config(tmp_path, {"rewards": [{"name": f"{__name__}:ctrl_c_during_reward"}],
+                            "reward_timeout": 60.0}, max_steps=3)
+    return trainer64(cfg)
+
+
+def test_first_ctrl_c_during_a_worker_reward_finishes_the_step_and_stops(tmp_path,
+                                                                         no_leftover_workers):
+    from rlfoundry.errors import TrainingInterrupted
+
+    trainer = _grpo_with_ctrl_c(tmp_path, times=1, then_sleep=0.5)
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.train()
+    assert info.value.step == 1 and info.value.signum == signal.SIGINT
+    rows = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and '"reward_mean": 1.0' in rows[0]  # the reward was not cut short
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_second_ctrl_c_during_a_worker_reward_stops_at_once_and_kills_it(tmp_path,
+                                                                         no_leftover_workers):
+    trainer = _grpo_with_ctrl_c(tmp_path, times=2, then_sleep=HANG_S)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert time.monotonic() - start < HANG_S / 2
+    worker = int((tmp_path / "sent").read_text())
+    reap_workers(block=True)
+    assert not _running(worker)
+    assert not (tmp_path / "metrics.jsonl").exists() or not (tmp_path / "metrics.jsonl").read_text()
