@@ -360,6 +360,22 @@ def test_plugin_that_exits_at_import_is_a_config_error(tmp_path, body, what):
     assert f"rlfoundry_plugin_{plugin.stem}" not in sys.modules
 
 
+def test_entry_point_plugin_that_exits_is_a_config_error(monkeypatch):
+    import importlib.metadata
+
+    class ExitingEntryPoint:
+        name, value = "bad", "bad_pkg.plugin"
+
+        def load(self):
+            sys.exit(3)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [ExitingEntryPoint()] if group == "rlfoundry.plugins" else [])
+    with pytest.raises(ConfigError, match=r"plugin entry point 'bad = bad_pkg.plugin' \(group "
+                       r"rlfoundry.plugins\) called sys.exit\(3\) at .* in load"):
+        import_plugins([])
+
+
 def test_plugin_exit_via_cli_is_a_nonzero_exit_with_a_message(tmp_path):
     (tmp_path / "bad_plugin.py").write_text("import sys\nsys.exit(0)\n")
     out = subprocess.run([sys.executable, "-m", "rlfoundry", "list", "--plugins", "./bad_plugin.py"],
