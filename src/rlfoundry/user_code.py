@@ -4,9 +4,10 @@
 would otherwise end a run with exit status 0 and no message (or a bare traceback). Here they
 are turned into :class:`UserCodeError` naming the function and the line. A *real* Ctrl-C must
 still stop the run, so every SIGINT that rlfoundry's handlers see is counted
-(:func:`note_interrupt`): a ``KeyboardInterrupt`` is taken as the user's only when no SIGINT
-arrived while the code ran and the SIGINT handler in place is one that counts (ours, or
-Python's default, which :func:`watching_interrupts` swaps for a counting one meanwhile).
+(:func:`note_interrupt`): a ``KeyboardInterrupt`` is taken as raised by the code itself only
+when no SIGINT arrived while the code ran and the SIGINT handler in place is one that counts
+(ours, or Python's default, which :func:`watching_interrupts` swaps for a counting one
+meanwhile); otherwise it is a real Ctrl-C and propagates.
 """
 
 from __future__ import annotations
