@@ -298,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     except RLFoundryError as e:
         print(f"rlfoundry: error: {e}", file=sys.stderr)
         return 2
+    except (SystemExit, GeneratorExit) as e:  # rlfoundry never exits from in here: user code did
+        from rlfoundry.user_code import describe_exit, raise_site
+
+        print(f"rlfoundry: error: user code {describe_exit(e)} at {raise_site(e)}; it must raise "
+              f"an exception instead", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ class GRPOTrainer(Trainer):
                 else:
                     out.append((getattr(item, "__name__", "reward"), item, 1.0))
             return out
-        return [(spec.name, resolve_reward(spec.name, spec.args), spec.weight)
+        return [(spec.name, resolve_reward(spec.name, spec.args, spec.in_process), spec.weight)
                 for spec in self.config.algorithm.rewards]
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

@@ -289,6 +289,10 @@ class RewardSpec(Section):
                       "an import path 'my_module:my_reward'.")
     weight: float = Field(1.0, description="Weight in the total reward.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the function.")
+    in_process: bool | None = Field(
+        None, description="null: run in a killable worker process when algorithm.reward_timeout "
+        "is set, else in the trainer; true: always in the trainer (CUDA, shared state; a timeout "
+        "cannot stop code that catches it); false: always in a worker (see docs/reliability.md).")
 
 
 class AdvantageConfig(Section):
@@ -335,7 +339,7 @@ class AlgorithmConfig(Section):
         "with an error naming the function and sample, give 0, or give no reward (None).")
     reward_timeout: float | None = Field(
         None, gt=0, description="GRPO: seconds one reward function call may take (null: no limit); "
-        "a call that runs longer is interrupted and handled by reward_error.")
+        "a call that runs longer is killed (its worker process) and handled by reward_error.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="GRPO: rollouts.")
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig, description="GRPO: advantages.")
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig,

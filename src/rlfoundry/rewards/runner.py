@@ -14,16 +14,30 @@ import functools
 import inspect
 import logging
 import math
-import numbers
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
 
-from rlfoundry.errors import ConfigError, DataError, NonFiniteError, RLFoundryError
+from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import Registry, did_you_mean, import_object
-from rlfoundry.rewards.timeout import RewardTimeout, call_with_timeout
+from rlfoundry.rewards.calls import (
+    Call,
+    RewardError,
+    Scored,
+    describe_failure,
+    failure_reason,
+    failure_site,
+    outcomes,
+    runs_isolated,
+    sample_name,
+)
+from rlfoundry.rewards.calls import NonFiniteRewardError as NonFiniteRewardError  # re-exported
+from rlfoundry.rewards.calls import Scores as Scores  # re-exported
+from rlfoundry.rewards.calls import in_process as mark_in_process
+from rlfoundry.user_code import InterruptWatch, origin, watching_interrupts
 
 logger = logging.getLogger(__name__)
 
@@ -41,37 +55,38 @@ class RewardFunction(Protocol):
 REWARDS: Registry[RewardFunction] = Registry("reward function")
 
 
-class RewardError(RLFoundryError):
-    """A reward function raised, or returned something other than one number/None per sample."""
-
-
-class NonFiniteRewardError(RewardError, NonFiniteError):
-    """A reward function returned NaN or inf (message names the function and the sample)."""
-
-
 @dataclass
 class RewardSpec:
     """One configured reward: a registered name or ``"module:function"``, its weight and options.
 
     ``label`` (default: ``name``) keys the per-function results; give two specs of the same
-    function distinct labels.
+    function distinct labels. ``in_process``: see :func:`in_process` (None: run in a killable
+    worker process exactly when a timeout is set).
     """
 
     name: str
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    in_process: bool | None = None
 
 
-def resolve_reward(name: str, args: Mapping[str, Any] | None = None) -> RewardFunction:
+def resolve_reward(name: str, args: Mapping[str, Any] | None = None,
+                   in_process: bool | None = None) -> RewardFunction:
     """The reward function called ``name``, with ``args`` bound as keyword arguments.
 
     ``name`` is a registered name (``REWARDS.names()``) or an import path
     (``"my_module:my_reward"`` or ``"my_module.my_reward"``). Unknown names raise
     :class:`ConfigError` with a suggestion, and so do option names that are not parameters of
     the function (not checked for a function that takes ``**kwargs`` and has no keyword-only
-    parameters, as it may read options from ``**kwargs``).
+    parameters, as it may read options from ``**kwargs``). ``in_process`` (None: the
+    function's own default) is attached as by :func:`in_process`.
     """
+    fn = _resolve(name, args)
+    return fn if in_process is None else mark_in_process(fn, in_process)
+
+
+def _resolve(name: str, args: Mapping[str, Any] | None) -> RewardFunction:
     if name in REWARDS:
         fn: Any = REWARDS.get(name)
     elif ":" in name or "." in name:
@@ -106,17 +121,17 @@ def resolve_reward(name: str, args: Mapping[str, Any] | None = None) -> RewardFu
 
 def resolve_rewards(specs: Sequence[Any]) -> list[tuple[str, RewardFunction, float]]:
     """``(label, fn, weight)`` triples for :func:`compute_rewards` from names, dicts (keys
-    ``name``, ``weight``, ``args``, ``label``) or objects with those attributes (a
+    ``name``, ``weight``, ``args``, ``label``, ``in_process``) or objects with those attributes (a
     :class:`RewardSpec`, or the config's reward entries)."""
     out: list[tuple[str, RewardFunction, float]] = []
     for k, spec in enumerate(specs):
         if isinstance(spec, str):
             spec = RewardSpec(spec)
         elif isinstance(spec, Mapping):
-            unknown = set(spec) - {"name", "weight", "args", "label"}
+            unknown = set(spec) - {"name", "weight", "args", "label", "in_process"}
             if unknown or "name" not in spec:
                 raise ConfigError(
-                    f"rewards[{k}]: needs 'name' and allows 'weight', 'args', 'label'; "
+                    f"rewards[{k}]: needs 'name' and allows 'weight', 'args', 'label', 'in_process'; "
                     f"got keys {sorted(spec)}"
                 )
             spec = RewardSpec(**spec)
@@ -125,29 +140,11 @@ def resolve_rewards(specs: Sequence[Any]) -> list[tuple[str, RewardFunction, flo
         if any(label == seen for seen, _, _ in out):
             raise ConfigError(f"rewards[{k}]: label '{label}' is used twice; set distinct 'label's")
         try:
-            fn = resolve_reward(name, getattr(spec, "args", None))
+            fn = resolve_reward(name, getattr(spec, "args", None), getattr(spec, "in_process", None))
         except ConfigError as e:
             raise ConfigError(f"rewards[{k}]: {e}") from None
         out.append((label, fn, float(getattr(spec, "weight", 1.0))))
     return out
-
-
-class Scores(list):
-    """A reward function's return value that also says *why* each sample got its reward.
-
-    ``Scores(values, reasons, details)``: ``values`` as usual (numbers or None), ``reasons``
-    one short category per sample (e.g. ``"passed"``, ``"timeout"``, ``"blocked"``) and
-    ``details`` an optional longer text per sample. :func:`compute_rewards` keeps them in
-    :attr:`RewardResult.reasons` and the trainer counts them as ``reward/<name>/<reason>``.
-    """
-
-    def __init__(self, values: Sequence[float | None], reasons: Sequence[str],
-                 details: Sequence[str | None] | None = None) -> None:
-        super().__init__(values)
-        if len(reasons) != len(self) or (details is not None and len(details) != len(self)):
-            raise ValueError(f"Scores: {len(self)} values need as many reasons (and details)")
-        self.reasons = list(reasons)
-        self.details = list(details) if details is not None else [None] * len(self)
 
 
 @dataclass
@@ -199,92 +196,24 @@ class RewardResult:
         return out
 
 
-def _sample_name(i: int, sample_ids: Sequence[Any] | None) -> str:
-    return f"sample {sample_ids[i]!r}" if sample_ids is not None else f"sample {i}"
-
-
-def _check_values(
-    name: str, values: Any, n: int, indices: Sequence[int], sample_ids: Sequence[Any] | None
-) -> list[float | None]:
-    """Validate a function's return for the samples ``indices``; floats or None out."""
-    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
-        raise RewardError(
-            f"reward '{name}' must return a list of numbers/None, got {type(values).__name__}"
-        )
-    if len(values) != n:
-        raise RewardError(f"reward '{name}' returned {len(values)} values for {n} samples")
-    out: list[float | None] = []
-    for i, v in zip(indices, values):
-        if v is None:
-            out.append(None)
-            continue
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            v = v.item()
-        if not isinstance(v, numbers.Real):
-            raise RewardError(
-                f"reward '{name}' returned {type(v).__name__} {v!r} for "
-                f"{_sample_name(i, sample_ids)} (index {i}); expected a number or None"
-            )
-        x = float(v)
-        if not math.isfinite(x):
-            raise NonFiniteRewardError(
-                f"reward '{name}' returned {x} for {_sample_name(i, sample_ids)} (index {i}); "
-                f"return None for 'no reward' instead"
-            )
-        out.append(x)
-    return out
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, RewardTimeout):
-        return str(e)
-    return f"raised {type(e).__name__}: {e}"
-
-
-def _per_sample(
-    name: str,
-    fn: RewardFunction,
-    prompts: Sequence[Any],
-    completions: Sequence[str],
-    columns: Mapping[str, Sequence[Any]],
-    sample_ids: Sequence[Any] | None,
-    timeout: float | None,
-) -> tuple[list[float | None], dict[int, Exception], list[Any]]:
-    """Call ``fn`` on one sample at a time: values (None where it failed), the exceptions
-    (a :class:`RewardTimeout` where it ran out of time) and each call's raw return."""
-    values: list[float | None] = []
-    failures: dict[int, Exception] = {}
-    raws: list[Any] = []
-    for i in range(len(completions)):
-        try:
-            raw = call_with_timeout(fn, timeout, [prompts[i]], [completions[i]],
-                                    **{k: [v[i]] for k, v in columns.items()})
-        except Exception as e:  # user code; reported by the caller
-            failures[i] = e
-            values.append(None)
-            raws.append(None)
-            continue
-        values.extend(_check_values(name, raw, 1, [i], sample_ids))
-        raws.append(raw)
-    return values, failures, raws
-
-
-def _explanations(raws: Sequence[Any], failures: Mapping[int, Exception], n: int
+def _explanations(scored: Mapping[int, Scored], batch: bool,
+                  failures: Mapping[int, BaseException], n: int
                   ) -> tuple[list[str | None], list[str | None]] | None:
     """Per-sample reasons/details from :class:`Scores` returns and from failures, or None."""
-    if not failures and not any(isinstance(r, Scores) for r in raws):
+    if not failures and not any(s.reasons is not None for s in scored.values()):
         return None
     reasons: list[str | None] = [None] * n
     details: list[str | None] = [None] * n
-    if len(raws) == 1 and isinstance(raws[0], Scores) and len(raws[0]) == n:  # one batch call
-        reasons, details = list(raws[0].reasons), list(raws[0].details)
-    elif len(raws) == n:  # one call per sample
-        for i, raw in enumerate(raws):
-            if isinstance(raw, Scores):
-                reasons[i], details[i] = raw.reasons[0], raw.details[0]
+    for i, s in scored.items():
+        if s.reasons is None:
+            continue
+        if batch:  # one call for all samples
+            reasons, details = list(s.reasons), list(s.details or [None] * n)
+        else:
+            reasons[i], details[i] = s.reasons[0], (s.details or [None])[0]
     for i, e in failures.items():
-        reasons[i] = "timeout" if isinstance(e, RewardTimeout) else "exception"
-        details[i] = _describe(e)
+        reasons[i] = failure_reason(e)
+        details[i] = describe_failure(e)
     return reasons, details
 
 
@@ -318,10 +247,17 @@ def compute_rewards(
     The other samples get their values from the per-sample calls. ``num_errors`` counts
     the failing samples per function.
 
-    ``timeout`` (seconds, None: no limit) bounds each call (see
-    :func:`~rlfoundry.rewards.timeout.call_with_timeout`); a call that runs out of time counts
-    as a call that raised, so the same ``on_error`` policy applies, and the message says
-    "timed out". Reasons (:class:`Scores`, failures) end up in ``RewardResult.reasons``.
+    ``timeout`` (seconds, None: no limit) bounds each call: the batch call, then each
+    per-sample call. Under a timeout a function runs in a forked worker process
+    (:mod:`rlfoundry.rewards.worker`) that is SIGKILLed when a call runs out of time, so
+    nothing the function does can hold the run up; without one it runs in this process. A
+    function marked :func:`in_process` (``True``) always runs here, where the time limit is
+    :func:`~rlfoundry.rewards.timeout.call_with_timeout`; one marked ``False`` always runs in
+    a worker. A call that times out, exits (``sys.exit``, ``KeyboardInterrupt`` raised by the
+    function itself -- a real Ctrl-C still stops the run) or kills its worker (segfault,
+    ``os._exit``) counts as a call that raised, so the same ``on_error`` policy applies; the
+    reason is "timeout", "exception" or "crashed". Reasons (:class:`Scores`, failures) end up
+    in ``RewardResult.reasons``.
     """
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
@@ -349,49 +285,92 @@ def compute_rewards(
     details: dict[str, list[str | None]] = {}
     total = torch.zeros(n, dtype=torch.float64)
     present = torch.zeros(n, dtype=torch.bool)
-    for name, fn, weight in reward_fns:
-        try:
-            raw = call_with_timeout(fn, timeout, list(prompts), list(completions),
-                                    **{k: list(v) for k, v in columns.items()})
-        except Exception as batch_error:  # user code: re-run per sample
-            values, failures, raws = _per_sample(name, fn, prompts, completions, columns,
-                                                 sample_ids, timeout)
-            if on_error == "raise":
-                if not failures:
-                    raise RewardError(
-                        f"reward '{name}' {_describe(batch_error)} on the batch of {n}, but on no "
-                        f"single sample"
-                    ) from batch_error
-                i, e = next(iter(failures.items()))
-                raise RewardError(
-                    f"reward '{name}' {_describe(e)} on {_sample_name(i, sample_ids)} (index {i}; "
-                    f"{len(failures)} of {n} failed). Fix the function, or set "
-                    f"algorithm.reward_error to 'zero' or 'skip'"
-                ) from e
+    data = (prompts, completions, columns)
+    with watching_interrupts() as watch:
+        firsts = _batch_calls(reward_fns, data, sample_ids, timeout, watch)
+        for name, fn, weight in reward_fns:
+            values, failures, scored, batch = _run_one(name, fn, firsts[name], data, sample_ids,
+                                                       timeout, watch)
             if failures:
-                which = ", ".join(_sample_name(i, sample_ids) for i in list(failures)[:5])
-                more = ", ..." if len(failures) > 5 else ""
-                first = next(iter(failures.values()))
-                logger.warning(
-                    "reward '%s' failed on %d of %d samples (%s%s), first: %s; they get %s from it",
-                    name, len(failures), n, which, more, _describe(first),
-                    "0" if on_error == "zero" else "no reward",
-                )
+                _report_failures(name, fn, failures, n, on_error, sample_ids)
                 if on_error == "zero":
                     values = [0.0 if i in failures else v for i, v in enumerate(values)]
             num_errors[name] = len(failures)
-        else:
-            values = _check_values(name, raw, n, range(n), sample_ids)
-            num_errors[name] = 0
-            failures, raws = {}, [raw]
-        explained = _explanations(raws, failures, n)
-        if explained is not None:
-            reasons[name], details[name] = explained
-        r = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
-        per_function[name] = r
-        if weight != 0:
-            has = ~torch.isnan(r)
-            total = total + torch.where(has, r * float(weight), torch.zeros_like(r))
-            present |= has
+            explained = _explanations(scored, batch, failures, n)
+            if explained is not None:
+                reasons[name], details[name] = explained
+            r = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
+            per_function[name] = r
+            if weight != 0:
+                has = ~torch.isnan(r)
+                total = total + torch.where(has, r * float(weight), torch.zeros_like(r))
+                present |= has
     total = torch.where(present, total, torch.full_like(total, math.nan))
     return RewardResult(total, per_function, num_errors, reasons, details)
+
+
+def _batch_calls(reward_fns: Sequence[tuple[str, RewardFunction, float]], data: tuple,
+                 sample_ids: Sequence[Any] | None, timeout: float | None, watch: InterruptWatch
+                 ) -> dict[str, Scored | BaseException]:
+    """Each function's call on the whole batch; those that run isolated share one worker
+    (one fork per step when nothing fails)."""
+    n = len(data[1])
+    out: dict[str, Scored | BaseException] = {}
+    for isolated in (True, False):
+        calls = [Call(name, fn, range(n)) for name, fn, _ in reward_fns
+                 if runs_isolated(fn, timeout) == isolated]
+        if calls:
+            with closing(outcomes(calls, data, sample_ids, timeout, isolated, watch)) as replies:
+                for k, outcome in replies:
+                    out[calls[k].name] = outcome
+    return out
+
+
+def _run_one(name: str, fn: RewardFunction, first: Scored | BaseException, data: tuple,
+             sample_ids: Sequence[Any] | None, timeout: float | None, watch: InterruptWatch
+             ) -> tuple[list[float | None], dict[int, BaseException], dict[int, Scored], bool]:
+    """One function's result from its batch call ``first``: values (None where it failed),
+    failures by sample, the successful calls by sample (keyed 0 for the batch call) and
+    whether the batch call did it. A failed batch call (raised, exited, crashed or timed out)
+    is retried one sample at a time to find the samples that fail; if none does, the batch
+    failure is a :class:`RewardError`."""
+    n = len(data[1])
+    if isinstance(first, Scored):
+        return first.values, {}, {0: first}, True
+    values: list[float | None] = [None] * n
+    failures: dict[int, BaseException] = {}
+    scored: dict[int, Scored] = {}
+    singles = [Call(name, fn, [i]) for i in range(n)]
+    isolated = runs_isolated(fn, timeout)
+    with closing(outcomes(singles, data, sample_ids, timeout, isolated, watch)) as replies:
+        for i, outcome in replies:
+            if isinstance(outcome, Scored):
+                values[i], scored[i] = outcome.values[0], outcome
+            else:
+                failures[i] = outcome
+    if not failures:
+        raise RewardError(
+            f"reward '{name}' {describe_failure(first)} on the batch of {n}, but on no single "
+            f"sample ({origin(fn)})") from first
+    return values, failures, scored, False
+
+
+def _report_failures(name: str, fn: RewardFunction, failures: Mapping[int, BaseException],
+                     n: int, on_error: str, sample_ids: Sequence[Any] | None) -> None:
+    """Raise :class:`RewardError` for the first failure (``on_error="raise"``) or log them."""
+    i, e = next(iter(failures.items()))
+    site = failure_site(e)
+    where = f"{origin(fn)}" + (f", at {site}" if site else "")
+    if on_error == "raise":
+        raise RewardError(
+            f"reward '{name}' {describe_failure(e)} on {sample_name(i, sample_ids)} (index {i}; "
+            f"{len(failures)} of {n} failed) in {where}. Fix the function, or set "
+            f"algorithm.reward_error to 'zero' or 'skip'"
+        ) from e
+    which = ", ".join(sample_name(j, sample_ids) for j in list(failures)[:5])
+    more = ", ..." if len(failures) > 5 else ""
+    logger.warning(
+        "reward '%s' (%s) failed on %d of %d samples (%s%s), first: %s; they get %s from it",
+        name, where, len(failures), n, which, more, describe_failure(e),
+        "0" if on_error == "zero" else "no reward",
+    )

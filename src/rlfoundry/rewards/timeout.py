@@ -6,8 +6,11 @@ unwinds normally; code stuck inside a C extension is interrupted only when it re
 Python. Where a timer cannot be used (another thread, or a ``SIGALRM`` handler or timer
 already installed by someone else) the call runs in a daemon thread that is abandoned when
 the limit passes: the caller goes on at once, but the hung call keeps running in the
-background, so prefer the main thread. For untrusted code use the ``code_execution``
-reward, which runs each sample in a separate, killable process.
+background, so prefer the main thread. Either way a function that catches
+:class:`RewardTimeout` (``except Exception``) is not stopped: this is only the limit of
+rewards marked ``in_process``; :func:`~rlfoundry.rewards.compute_rewards` runs every other
+reward under a timeout in a worker process it kills (:mod:`rlfoundry.rewards.worker`). For
+untrusted code use the ``code_execution`` reward, which runs each sample in a sandbox.
 """
 
 from __future__ import annotations

@@ -40,9 +40,13 @@ from rlfoundry.training.optim import build_optimizer, build_scheduler
 from rlfoundry.training.parallel import ParallelPolicy
 from rlfoundry.training.precision import autocast, check_precision, grad_scaler
 from rlfoundry.training.sampler import EpochSampler
-from rlfoundry.training.schedules import build_schedule, get_beta, set_beta
+from rlfoundry.training.schedules import build_schedule, get_beta, loss_components, set_beta
 from rlfoundry.training.signals import StopRequest
 from rlfoundry.training.storage import check_writable
+from rlfoundry.user_code import blame, exits_as_errors, origin
+
+_EXIT_HINT = ("Training stopped without applying that step; earlier checkpoints are intact. "
+              "Raise an exception instead of exiting")
 
 
 def coerce_config(config: Any, algorithm: str) -> RunConfig:
@@ -227,8 +231,17 @@ class Trainer:
         if self.dist.is_main:
             check_writable(self.output_dir)  # before any time is spent on data or steps
             leftovers = ckpt.remove_incomplete(self.output_dir)
-        with StopRequest() as stop:
+        with StopRequest() as stop, exits_as_errors(self._blame, _EXIT_HINT):
             return self._train(dataset, eval_dataset, stop, leftovers)
+
+    def _blame(self, error: BaseException) -> str:
+        """Who exited: "step N: the loss 'type' (module:Class)", or user code elsewhere."""
+        loss_type = self.config.algorithm.loss.get("type")
+        named = f"the loss '{loss_type}'" if loss_type else "the loss"
+        suspects = [(f"{named} ({origin(c)})" if c is self.loss_fn
+                     else f"the loss component {origin(c)}", c)
+                    for c in reversed(loss_components(self.loss_fn))]
+        return f"step {self.step + 1}: " + blame(error, suspects, "user code")
 
     def _train(self, dataset, eval_dataset, stop: StopRequest, leftovers: list[Path]) -> dict[str, float]:
         cfg = self.config.training

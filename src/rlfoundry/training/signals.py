@@ -15,6 +15,8 @@ import signal
 import threading
 from types import FrameType
 
+from rlfoundry.user_code import note_interrupt
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -42,6 +44,8 @@ class StopRequest:
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:  # tells a real Ctrl-C from user code raising KeyboardInterrupt
+            note_interrupt()
         if self.signum is None:
             self.signum = signum
         signal.signal(signum, self._previous.pop(signum, signal.SIG_DFL))
@@ -52,6 +56,8 @@ class StopRequest:
             os.write(2, notice.encode())
         except OSError:  # no stderr to tell; the request itself is recorded above
             pass
+
+    _handle.notes_interrupts = True  # type: ignore[attr-defined]
 
     def __exit__(self, *exc) -> None:
         for s, previous in self._previous.items():
