@@ -1,93 +1,264 @@
-"""The child side of the code-execution sandbox: stdlib only, never imported by the trainer.
+"""The child side of the code-execution sandbox (run as ``python -I -S -B -c <this source>``).
 
-:mod:`rlfoundry.rewards.sandbox` starts ``python -S -s -B -c <this file's source>`` in a new
-session with a minimal environment, writes a JSON job to its stdin and reads one JSON verdict
-from the file descriptor ``result_fd``. In order, this process
+It reads a job (JSON) on stdin; the trainer keeps every expected value, so nothing here is
+secret from the program. Two parts:
 
-1. enters new network and PID namespaces when asked (``unshare``; a user namespace too when
-   not root); with a PID namespace it forks an init process (PID 1) that forks the worker,
-   so every process the program leaves behind dies with the namespace, and it stays as the
-   parent that reaps init (SIGTERM to it kills the namespace);
-2. imports ``preload`` modules (the program may not be able to read the standard library
-   once it runs as another user), sets resource limits (CPU time, address space, file size,
-   open files, no core dumps), changes into its private directory, drops root privileges
-   to ``uid``/``gid``, then limits processes (``RLIMIT_NPROC`` binds only for non-root);
-3. installs an audit hook (best effort, defense in depth) that blocks sockets, process
-   creation, signals to other processes, ``ctypes``, and file access outside the private
-   directory (reads of the standard library excepted), recording every blocked attempt;
-4. runs the program and its tests and writes the verdict, tagged with the job's ``nonce``.
+**Trusted setup** (before any model-written code runs):
 
-A verdict: ``{"nonce", "outcome", "passed", "total", "detail"}`` with ``outcome`` one of
-``passed``, ``failed``, ``error`` (the program raised or does not compile), ``blocked``,
-``memory``, ``output_limit``, or ``sandbox_error`` (this runner could not set up; the
-trainer reports it instead of scoring). ``{"probe": true}`` jobs only report which of the
-isolation steps work here.
+1. ``isolation: namespaces``: ``unshare`` new mount, PID, network, IPC and UTS namespaces (and
+   a user namespace when not root), then fork PID 1 of the new PID namespace, which builds a
+   root of its own: a tmpfs holding read-only bind mounts of only ``/usr``, ``/lib*``, ``/bin``
+   and the interpreter's prefix (its ``site-packages`` hidden), ``/dev/{null,zero,random,
+   urandom}``, a fresh ``/proc`` of the new PID namespace (``hidepid``) and a private,
+   size-limited tmpfs ``/tmp`` as the working directory; ``pivot_root`` into it, detach the
+   host's tree and make ``/`` read-only. ``isolation: process`` skips this (a host directory
+   is the working directory).
+2. It reports "ready" (or why setup failed) on the *setup pipe*, which it closes before the
+   program starts, so the program can never write to it.
+3. The program's process: resource limits; drops root (to ``nobody``, or all capabilities
+   inside a user namespace); ``no_new_privs``; a seccomp filter refusing ptrace, mount,
+   namespace changes, kernel keyrings, BPF, io_uring and similar calls; then the program.
+
+**The program's side** (untrusted from here on): it runs the program and each test and sends
+*answers* on the answer pipe, one JSON line each: ``{"c": check, "v": [values]}`` (the value
+of each assert's probe, encoded as plain data by :func:`encode`), ``{"t": test, "done": bool,
+"error": str}`` and ``{"t": test, "out": stdout}``, then ``{"end": true, ...}`` with what went
+wrong (``error``, ``memory``, ``output``, ``violations``). The trainer judges the answers
+against the expected values, which never enter this process; everything sent here can only
+supply answers or admit a failure. A Python audit hook (optional) names blocked operations
+in failure details; it is not a security boundary.
 """
 
+import ctypes
 import io
 import json
 import os
 import resource
 import signal
+import struct
 import sys
 
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWCGROUP, CLONE_NEWTIME = 0x02000000, 0x00000080
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 38, 22
+ROOT_MOUNTS = ("/tmp", "/mnt", "/media", "/srv", "/opt", "/var/tmp")
+SYSTEM_DIRS = ("usr", "lib", "lib64", "lib32", "libx32", "bin", "sbin")
+DEVICES = ("null", "zero", "random", "urandom")
+ANSWER = "__rlfoundry_answer__"
 
-BLOCKED_MODULES = frozenset({
-    "_ctypes", "_multiprocessing", "_posixsubprocess", "_socket", "_ssl", "ctypes",
-    "multiprocessing", "pty", "socket", "ssl", "subprocess",
-})
-BLOCKED_EVENT_PREFIXES = (
-    "socket.", "ctypes.", "subprocess.", "os.exec", "os.fork", "os.posix_spawn", "os.spawn",
-    "os.system", "os.kill", "os.killpg", "os.setns", "os.unshare", "pty.", "resource.",
-    "signal.pthread_kill", "webbrowser.", "urllib.", "http.", "ftplib.", "smtplib.", "poplib.",
-    "imaplib.", "nntplib.", "telnetlib.", "syslog.",
-)
-READ_PATH_EVENTS = frozenset({"os.listdir", "os.scandir", "glob.glob", "glob.glob/2", "os.chdir",
-                              "os.getxattr", "os.listxattr"})
-WRITE_PATH_EVENTS = frozenset({
-    "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link",
-    "os.symlink", "os.truncate", "os.utime", "os.chflags", "os.lchflags", "os.mkfifo",
-    "os.mknod", "os.setxattr", "os.removexattr", "shutil.rmtree", "shutil.copyfile",
-    "shutil.copymode", "shutil.copystat", "shutil.copytree", "shutil.move", "shutil.chown",
-    "shutil.make_archive", "shutil.unpack_archive", "sqlite3.connect",
-})
-DEVICES = {"/dev/null": True, "/dev/zero": False, "/dev/urandom": False, "/dev/random": False}
+# seccomp: syscalls refused with EPERM (clone only with namespace flags; clone3: ENOSYS, so
+# the C library falls back to clone, whose flags the filter can read)
+BLOCKED = ("ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root",
+           "chroot", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf",
+           "perf_event_open", "kexec_load", "kexec_file_load", "init_module", "finit_module",
+           "delete_module", "reboot", "swapon", "swapoff", "syslog", "acct", "quotactl",
+           "open_by_handle_at", "name_to_handle_at", "userfaultfd", "io_uring_setup",
+           "io_uring_enter", "io_uring_register", "kcmp", "personality", "fsopen", "fsconfig",
+           "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr", "settimeofday",
+           "clock_settime", "adjtimex", "sethostname", "setdomainname", "pidfd_getfd",
+           "iopl", "ioperm", "vhangup", "lookup_dcookie")
+SYSCALLS = {  # name: (x86_64, aarch64); -1 where the architecture has no such call
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "unshare": (272, 97), "setns": (308, 268), "keyctl": (250, 219), "add_key": (248, 217),
+    "request_key": (249, 218), "bpf": (321, 280), "perf_event_open": (298, 241),
+    "kexec_load": (246, 104), "kexec_file_load": (320, 294), "init_module": (175, 105),
+    "finit_module": (313, 273), "delete_module": (176, 106), "reboot": (169, 142),
+    "swapon": (167, 224), "swapoff": (168, 225), "syslog": (103, 116), "acct": (163, 89),
+    "quotactl": (179, 60), "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264),
+    "userfaultfd": (323, 282), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427), "kcmp": (312, 272), "personality": (135, 92),
+    "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
+    "move_mount": (429, 429), "open_tree": (428, 428), "mount_setattr": (442, 442),
+    "settimeofday": (164, 170), "clock_settime": (227, 112), "adjtimex": (159, 171),
+    "sethostname": (170, 161), "setdomainname": (171, 162), "pidfd_getfd": (438, 438),
+    "iopl": (172, -1), "ioperm": (173, -1), "vhangup": (153, 58), "lookup_dcookie": (212, 18),
+    "clone": (56, 220), "clone3": (435, 435), "ioctl": (16, 29),
+}
+ARCHES = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}
+NAMESPACE_FLAGS = (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
+                   | CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWTIME)
+TIOCSTI = 0x5412
+EPERM, ENOSYS = 1, 38
+
+BLOCKED_MODULES = frozenset({"_ctypes", "_multiprocessing", "_posixsubprocess", "_socket",
+                             "ctypes", "multiprocessing", "pty", "socket", "subprocess"})
+BLOCKED_EVENTS = ("socket.", "ctypes.", "subprocess.", "os.exec", "os.fork", "os.posix_spawn",
+                  "os.spawn", "os.system", "os.kill", "os.killpg", "pty.", "resource.")
+
+libc = ctypes.CDLL(None, use_errno=True)
 
 
-class SandboxViolation(PermissionError):
-    """The audit hook blocked an operation (recorded even if the program catches this)."""
+class SetupError(Exception):
+    """The sandbox could not be built (reported on the setup pipe; not the program's fault)."""
 
 
-class OutputLimit(BaseException):
-    """The program printed more than the output limit (a BaseException: not swallowed by
-    ``except Exception``)."""
-
-
-# ----------------------------------------------------------------------------- isolation
-
-
-def unshare(flags):
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(ctypes.c_int(flags)) != 0:
+def check(result, what):
+    if result != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"unshare: {os.strerror(err)}")
+        raise SetupError(f"{what}: {os.strerror(err)}")
 
 
-def namespace_flags(job):
-    flags = (CLONE_NEWNET if job["network_namespace"] else 0)
-    flags |= (CLONE_NEWPID if job["pid_namespace"] else 0)
-    if flags and os.geteuid() != 0:
-        flags |= CLONE_NEWUSER  # unprivileged users may create namespaces inside their own
-    return flags
+def c_path(path):
+    return None if path is None else os.fsencode(path)
 
 
-def set_limits(job):
+def mount(source, target, fstype=None, flags=0, data=None):
+    check(libc.mount(c_path(source), c_path(target), c_path(fstype), ctypes.c_ulong(flags),
+                     c_path(data)), f"mount {fstype or source} on {target}")
+
+
+# ------------------------------------------------------------------------ namespaces, root
+
+
+def enter_namespaces():
+    """Unshare every namespace but the cgroup one; not root: a user namespace mapping us to
+    root, so the rest is allowed."""
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    uid, gid = os.geteuid(), os.getegid()
+    if uid != 0:
+        flags |= CLONE_NEWUSER
+    check(libc.unshare(ctypes.c_int(flags)), "unshare")
+    if uid != 0:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                           ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+
+
+def interpreter_dirs():
+    """Host directories the interpreter needs, outside the system directories."""
+    wanted = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix),
+              os.path.dirname(os.path.realpath(sys.executable)),
+              os.path.dirname(os.path.realpath(os.__file__))}
+    system = tuple(os.path.realpath("/" + d) + "/" for d in SYSTEM_DIRS)
+    keep = sorted(p for p in wanted if not (p + "/").startswith(system))
+    return [p for p in keep if not any(p.startswith(q + "/") for q in keep if q != p)]
+
+
+def pick_mount_point(sources):
+    for path in ROOT_MOUNTS:
+        if os.path.isdir(path) and not os.path.islink(path) and not any(
+                s == path or s.startswith(path + "/") for s in sources):
+            return path
+    raise SetupError(f"no directory to build the sandbox root on (tried {ROOT_MOUNTS})")
+
+
+def bind(source, target, writable=False):
+    if os.path.isdir(source):
+        os.makedirs(target, mode=0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        open(target, "a").close()
+    mount(source, target, None, MS_BIND)
+    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | (0 if writable else MS_RDONLY)
+    mount(None, target, None, flags | (0 if source.startswith("/dev/") else MS_NODEV))
+
+
+def build_root(job):
+    """Make a private root of read-only system and interpreter files, /dev, /proc and a
+    private /tmp, and move into it (this process is PID 1 of the new PID namespace)."""
     limits = job["limits"]
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    extra = interpreter_dirs()
+    root = pick_mount_point(extra)
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=512,mode=0755")
+    for name in SYSTEM_DIRS:
+        host = "/" + name
+        if os.path.islink(host):
+            os.symlink(os.readlink(host), root + host)
+        elif os.path.isdir(host):
+            bind(host, root + host)
+    for path in extra:
+        bind(path, root + path)
+        hidden = os.path.join(path, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
+                              "site-packages")
+        if os.path.isdir(hidden):
+            mount("tmpfs", root + hidden, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+    if os.path.exists("/etc/ld.so.cache"):
+        bind("/etc/ld.so.cache", root + "/etc/ld.so.cache")
+    for name in DEVICES:
+        bind(f"/dev/{name}", f"{root}/dev/{name}", writable=True)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{root}/dev/{name}")
+    os.mkdir(root + "/proc", 0o555)
+    try:
+        mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+    except SetupError:
+        mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.mkdir(root + "/tmp", 0o755)
+    uid, gid = (job["uid"], job["gid"]) if job["uid"] is not None else (0, 0)
+    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+          f"size={limits['tmp_bytes']},nr_inodes=4096,mode=0700,uid={uid},gid={gid}")
+    os.chdir(root)
+    check(libc.syscall(SYSCALLS["pivot_root"][ARCHES[os.uname().machine][0]], b".", b"."),
+          "pivot_root")
+    check(libc.umount2(b".", MNT_DETACH), "detach the host's tree")
+    os.chdir("/")
+    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    libc.sethostname(b"sandbox", 7)
+
+
+# ------------------------------------------------------------------------------- seccomp
+
+
+def seccomp_program(machine):
+    """A classic-BPF seccomp filter for this architecture (see BLOCKED)."""
+    column, arch = ARCHES[machine]
+    nr = {name: numbers[column] for name, numbers in SYSCALLS.items() if numbers[column] >= 0}
+    LD, JEQ, JSET, JGE, RET = 0x20, 0x15, 0x45, 0x35, 0x06
+    ALLOW, KILL = 0x7FFF0000, 0x80000000
+    errno = 0x00050000
+    code = [(LD, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, KILL), (LD, 0, 0, 0)]
+    if machine == "x86_64":  # the x32 ABI: numbers with bit 30 set
+        code += [(JGE, 0, 1, 0x40000000), (RET, 0, 0, errno | EPERM)]
+    for name in BLOCKED:
+        if name in nr:
+            code += [(JEQ, 0, 1, nr[name]), (RET, 0, 0, errno | EPERM)]
+    code += [(JEQ, 0, 1, nr["clone3"]), (RET, 0, 0, errno | ENOSYS),
+             (JEQ, 0, 4, nr["clone"]), (LD, 0, 0, 16), (JSET, 0, 1, NAMESPACE_FLAGS),
+             (RET, 0, 0, errno | EPERM), (RET, 0, 0, ALLOW),
+             (JEQ, 0, 3, nr["ioctl"]), (LD, 0, 0, 24), (JEQ, 0, 1, TIOCSTI),
+             (RET, 0, 0, errno | EPERM), (RET, 0, 0, ALLOW)]
+    return b"".join(struct.pack("HBBI", *ins) for ins in code)
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_seccomp():
+    machine = os.uname().machine
+    if machine not in ARCHES:
+        raise SetupError(f"no seccomp filter for the {machine} architecture")
+    program = seccomp_program(machine)
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(buf))
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0), "seccomp")
+
+
+# ------------------------------------------------------------------- the program's process
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+def drop_capabilities():
+    """Inside a user namespace (not root outside): keep the uid, drop every capability."""
+    for cap in range(64):
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP; fails past the last capability
+    data = (ctypes.c_uint32 * 6)()
+    check(libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), data), "capset")
+
+
+def set_limits(limits):
     cpu = limits["cpu_seconds"]
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL
@@ -96,113 +267,137 @@ def set_limits(job):
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["max_open_files"],) * 2)
 
 
-def drop_privileges(job):
-    uid, gid = job["uid"], job["gid"]
-    if uid is None or os.geteuid() != 0:
-        return
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    if os.getuid() != uid or os.geteuid() != uid:
-        raise OSError(f"could not drop privileges to uid {uid}")
-
-
-def limit_processes(job):
+def become_program(job):
+    """Limits, identity, seccomp: the last steps before model-written code runs."""
+    for name in job["preload"]:
+        __import__(name)
+    set_limits(job["limits"])
+    os.chdir(job["workdir"])
+    if job["uid"] is not None:  # the trainer is root (and no user namespace was made)
+        os.setgroups([])
+        os.setgid(job["gid"])
+        os.setuid(job["uid"])
+    elif os.geteuid() == 0:  # root inside a user namespace only
+        drop_capabilities()
     n = job["limits"]["max_processes"]
     resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+    if job["seccomp"]:
+        install_seccomp()
+    else:
+        check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+def in_fork(fn):
+    """Run ``fn`` in a throwaway child: None if it worked, else why not."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            fn()
+            os._exit(0)
+        except BaseException as e:
+            os.write(w, f"{type(e).__name__}: {e}".encode()[:2000])
+            os._exit(1)
+    os.close(w)
+    text = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        text += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return None
+    return text.decode(errors="replace") or f"exit status {status}"
 
 
 def probe(job):
-    """Which isolation steps work here (each tried in this throwaway process)."""
+    """Which protections work here, each tried in a throwaway child."""
+    def namespaces():
+        enter_namespaces()
+        error = in_fork(lambda: (build_root(job), install_seccomp(), os.listdir("/tmp")))
+        if error:
+            raise SetupError(error)
+
+    def setuid():
+        os.setgroups([])
+        os.setgid(job["gid"])
+        os.setuid(job["uid"])
+
+    tries = {"rlimits": lambda: set_limits(job["limits"]), "seccomp": install_seccomp,
+             "namespaces": namespaces}
+    if job["uid"] is not None:
+        tries["setuid"] = setuid
     found = {}
-    for name, flag in (("network_namespace", CLONE_NEWNET), ("pid_namespace", CLONE_NEWPID)):
-        try:
-            unshare(flag | (CLONE_NEWUSER if os.geteuid() != 0 else 0))
-            found[name] = True
-        except OSError as e:
-            found[name] = False
-            found[name + "_error"] = str(e)
-    try:
-        set_limits(job)
-        found["rlimits"] = True
-    except (OSError, ValueError) as e:
-        found["rlimits"] = False
-        found["rlimits_error"] = str(e)
-    found["drop_privileges"] = False
-    if job["uid"] is not None and os.geteuid() == 0:
-        try:
-            drop_privileges(job)
-            found["drop_privileges"] = True
-        except OSError as e:
-            found["drop_privileges_error"] = str(e)
-    found["stdlib_readable"] = os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK)
+    for name, fn in tries.items():
+        error = in_fork(fn)
+        found[name] = error is None
+        if error:
+            found[name + "_error"] = error
     return found
 
 
-# ----------------------------------------------------------------------------- audit hook
+# ------------------------------------------------------------- the program's side: answers
 
 
-def inside(path, root):
-    return path == root or path.startswith(root.rstrip("/") + "/")
+def encode(value, depth=0):
+    """A value as plain data the trainer can rebuild with standard types only (subclasses
+    as their base type; anything else as ``["o", type name]``)."""
+    if depth > 100:
+        return ["o", "deeply nested value"]
+    if value is None:
+        return ["n"]
+    if isinstance(value, bool):
+        return ["b", bool.__bool__(value)]
+    if isinstance(value, int):
+        return ["i", int.__repr__(value)]
+    if isinstance(value, float):
+        return ["f", float.__repr__(value)]
+    if isinstance(value, complex):
+        return ["c", float.__repr__(value.real), float.__repr__(value.imag)]
+    if isinstance(value, str):
+        return ["s", str.__str__(value)]
+    if isinstance(value, (bytes, bytearray)):
+        return ["y", bytes(value).hex()]
+    for kind, tag in ((list, "l"), (tuple, "t"), (set, "S"), (frozenset, "F")):
+        if isinstance(value, kind):
+            return [tag, [encode(v, depth + 1) for v in kind.__iter__(value)]]
+    if isinstance(value, dict):
+        return ["d", [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in dict.items(value)]]
+    name = type(value).__name__
+    if name == "Decimal" and type(value).__module__ in ("decimal", "_decimal", "_pydecimal"):
+        return ["D", str(value)]
+    if name == "Fraction" and type(value).__module__ == "fractions":
+        return ["Q", str(value.numerator), str(value.denominator)]
+    return ["o", name]
 
 
-def make_hook(workdir, read_roots, violations):
-    busy = []
+class Answers:
+    def __init__(self, fd):
+        self.fd = fd
 
-    def allowed(raw, write):
+    def send(self, record):
         try:
-            path = os.path.realpath(os.path.abspath(os.fsdecode(raw)))
-        except (TypeError, ValueError):
-            return True  # not a path (a descriptor, say): the kernel checks it
-        if path in DEVICES:
-            return DEVICES[path] or not write
-        if inside(path, workdir):
-            return True
-        return not write and any(inside(path, root) for root in read_roots)
-
-    def check(event, args):
-        if event == "import":
-            name = args[0] if args else ""
-            return f"import {name}" if str(name).split(".")[0] in BLOCKED_MODULES else None
-        if event.startswith(BLOCKED_EVENT_PREFIXES):
-            return event
-        if event == "open":
-            path, mode, flags = (tuple(args) + (None, None, None))[:3]
-            if isinstance(path, int):
-                return None
-            write = any(c in str(mode) for c in "wax+") if mode else bool(
-                (flags or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
-            if not allowed(path, write):
-                return f"open {os.fsdecode(path)!r} for {'writing' if write else 'reading'}"
-            return None
-        if event in READ_PATH_EVENTS or event in WRITE_PATH_EVENTS:
-            write = event in WRITE_PATH_EVENTS
-            for arg in args:
-                if isinstance(arg, (str, bytes, os.PathLike)) and not allowed(arg, write):
-                    return f"{event} {os.fsdecode(arg)!r}"
-        return None
-
-    def hook(event, args):
-        if busy:
-            return
-        busy.append(True)
-        try:
-            reason = check(event, args)
-        finally:
-            busy.pop()
-        if reason is not None:
-            violations.append(reason)
-            raise SandboxViolation(f"blocked by the sandbox: {reason}")
-
-    return hook
+            data = (json.dumps(record) + "\n").encode()
+        except (ValueError, TypeError, RecursionError) as e:
+            data = (json.dumps({**{k: v for k, v in record.items() if k in ("c", "t")},
+                                "error": f"unsendable value: {e}"}) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
 
 
-# ----------------------------------------------------------------------------- running
+class OutputLimit(BaseException):
+    """The program printed more than the output limit (not swallowed by ``except Exception``)."""
+
+
+class Violation(PermissionError):
+    """The audit hook refused an operation."""
 
 
 class CappedText(io.StringIO):
-    """stdout for one stdin/stdout test: at most ``limit`` characters."""
-
     def __init__(self, limit, state):
         super().__init__()
         self.limit, self.state, self.size = limit, state, 0
@@ -215,12 +410,73 @@ class CappedText(io.StringIO):
         return super().write(s)
 
 
+READ_PATH_EVENTS = frozenset({"os.listdir", "os.scandir", "glob.glob", "glob.glob/2", "os.chdir"})
+WRITE_PATH_EVENTS = frozenset({
+    "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link",
+    "os.symlink", "os.truncate", "os.utime", "os.mkfifo", "os.mknod", "shutil.rmtree",
+    "shutil.copyfile", "shutil.copytree", "shutil.move", "sqlite3.connect"})
+HOOK_DEVICES = {"/dev/null": True, "/dev/zero": False, "/dev/urandom": False,
+                "/dev/random": False}
+
+
+def make_hook(workdir, read_roots, violations):
+    """Names refused operations in failure details: sockets, processes, signals, ctypes,
+    files outside the working directory (standard library reads excepted). Defense in
+    depth and diagnostics only: the program can switch it off, the OS layer stays."""
+    busy = []
+
+    def allowed(raw, write):
+        try:
+            path = os.path.realpath(os.path.abspath(os.fsdecode(raw)))
+        except (TypeError, ValueError):
+            return True  # a descriptor, say: the kernel checks it
+        if path in HOOK_DEVICES:
+            return HOOK_DEVICES[path] or not write
+        inside = [r for r in read_roots if path == r or path.startswith(r.rstrip("/") + "/")]
+        mine = path == workdir or path.startswith(workdir.rstrip("/") + "/")
+        return mine or (bool(inside) and not write)
+
+    def reason_for(event, args):
+        if event == "import":
+            name = str(args[0]) if args else ""
+            return f"import {name}" if name.split(".")[0] in BLOCKED_MODULES else None
+        if event.startswith(BLOCKED_EVENTS):
+            return event
+        if event == "open":
+            path, mode, flags = (tuple(args) + (None, None, None))[:3]
+            if isinstance(path, int):
+                return None
+            write = any(c in str(mode) for c in "wax+") if mode else bool(
+                (flags or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+            if not allowed(path, write):
+                return f"open {os.fsdecode(path)!r} for {'writing' if write else 'reading'}"
+        elif event in READ_PATH_EVENTS or event in WRITE_PATH_EVENTS:
+            for arg in args:
+                if isinstance(arg, (str, bytes, os.PathLike)) and not allowed(
+                        arg, event in WRITE_PATH_EVENTS):
+                    return f"{event} {os.fsdecode(arg)!r}"
+        return None
+
+    def hook(event, args):
+        if busy:
+            return
+        busy.append(True)
+        try:
+            reason = reason_for(event, args)
+        finally:
+            busy.pop()
+        if reason is not None:
+            violations.append(reason)
+            raise Violation(f"blocked by the sandbox: {reason}")
+
+    return hook
+
+
 def attempt(fn, state):
-    """Run user code; None if it finished, else a short description of what it raised."""
     try:
         fn()
         return None
-    except SandboxViolation as e:
+    except Violation as e:
         return str(e)
     except MemoryError:
         state["memory"] = True
@@ -229,136 +485,124 @@ def attempt(fn, state):
         return f"OutputLimit: {e}"
     except SystemExit as e:
         return None if e.code in (None, 0) else f"SystemExit({e.code!r})"
-    except BaseException as e:  # the program's own exceptions are its verdict
+    except BaseException as e:  # the program's own exceptions are part of its answers
         return f"{type(e).__name__}: {str(e)[:200]}"
 
 
-def same_output(got, want):
-    def lines(text):
-        out = [line.rstrip() for line in str(text).replace("\r\n", "\n").split("\n")]
-        while out and not out[-1]:
-            out.pop()
-        return out
+def run_tests(job, answers, state):
+    tests = job["tests"]
+    try:
+        solution = compile(job["code"], "solution.py", "exec")
+    except (SyntaxError, ValueError) as e:
+        state["error"] = f"{type(e).__name__}: {e}"
+        return
+    compiled = [compile(t["program"], f"<test {i}>", "exec") if "program" in t else t
+                for i, t in enumerate(tests)]
+    if job["audit_hook"]:
+        roots = sorted({os.path.dirname(os.__file__), sys.base_prefix, sys.prefix})
+        sys.addaudithook(make_hook(os.path.realpath(job["workdir"]), roots, state["violations"]))
 
-    return lines(got) == lines(want)
+    def answer(check, *values):
+        answers.send({"c": check, "v": [encode(v) for v in values]})
 
-
-def run_tests(solution, tests, limit, state):
-    """(passed, detail, solution_error) for assert tests (strings run after the program, in
-    its namespace) and stdin/stdout tests ({"input", "output"}, a fresh run each)."""
     namespace = {"__name__": "solution", "__builtins__": __builtins__}
-    solution_error = None
-    if any(not isinstance(t, dict) for t in tests):  # assert tests run in the program's namespace
-        solution_error = attempt(lambda: exec(solution, namespace), state)
-    passed, detail = 0, None
-    for i, test in enumerate(tests):
-        if state["violations"] or state["memory"] or state["output"]:
+    if any("program" in t for t in tests):
+        state["error"] = attempt(lambda: exec(solution, namespace), state)
+    for i, test in enumerate(compiled):
+        if state["violations"] or state["memory"] or state["output"] or (
+                state["error"] and not isinstance(test, dict)):
             break
-        if not isinstance(test, dict):
-            if solution_error is not None:
-                break
-            error = attempt(lambda t=test: exec(t, namespace), state)
+        if isinstance(test, dict):
+            out, error = run_io(solution, test["stdin"], job["limits"]["max_output_bytes"], state)
+            answers.send({"t": i, "out": out, "error": error})
         else:
-            error = run_io_test(solution, test, limit, state)
-        if error is None:
-            passed += 1
-        elif detail is None:
-            detail = f"test {i}: {error}"
-    return passed, detail, solution_error
+            namespace[ANSWER] = answer
+            error = attempt(lambda t=test: exec(t, namespace), state)
+            answers.send({"t": i, "done": error is None, "error": error})
 
 
-def run_io_test(solution, test, limit, state):
+def run_io(solution, stdin, limit, state):
     out = CappedText(limit, state)
     saved = sys.stdin, sys.stdout
-    sys.stdin, sys.stdout = io.StringIO(test["input"]), out
+    sys.stdin, sys.stdout = io.StringIO(stdin), out
     try:
         error = attempt(lambda: exec(solution, {"__name__": "__main__",
                                                 "__builtins__": __builtins__}), state)
     finally:
         sys.stdin, sys.stdout = saved
-    if error is None and not same_output(out.getvalue(), test["output"]):
-        error = f"wrong output {out.getvalue()[:80]!r}, expected {str(test['output'])[:80]!r}"
-    return error
+    return out.getvalue(), error
 
 
-def verdict_of(passed, total, detail, solution_error, state):
-    if state["violations"]:
-        return "blocked", state["violations"][0]
-    if state["memory"]:
-        return "memory", detail or solution_error or "MemoryError"
-    if state["output"]:
-        return "output_limit", detail or "printed too much"
-    if solution_error is not None:
-        return "error", f"the program raised {solution_error}"
-    if passed == total:
-        return "passed", None
-    return "failed", detail
-
-
-def worker(job):
-    """Set up limits and identity, run the program, return the verdict dict."""
-    for name in job["preload"]:
-        __import__(name)
-    read_roots = sorted({os.path.dirname(os.__file__), sys.base_prefix, sys.prefix})
-    set_limits(job)
-    os.chdir(job["workdir"])
-    drop_privileges(job)
-    limit_processes(job)
-    tests = job["tests"]
-    try:
-        solution = compile(job["code"], "solution.py", "exec")
-    except (SyntaxError, ValueError) as e:
-        return {"outcome": "error", "passed": 0, "total": len(tests),
-                "detail": f"{type(e).__name__}: {e}"}
-    compiled = [compile(t, f"<test {i}>", "exec") if isinstance(t, str) else t
-                for i, t in enumerate(tests)]
-    state = {"violations": [], "memory": False, "output": False}
-    if job["audit_hook"]:
-        sys.addaudithook(make_hook(os.path.realpath(job["workdir"]), read_roots,
-                                   state["violations"]))
-    passed, detail, solution_error = run_tests(solution, compiled, job["limits"]["max_output_bytes"],
-                                               state)
-    outcome, detail = verdict_of(passed, len(tests), detail, solution_error, state)
-    return {"outcome": outcome, "passed": passed, "total": len(tests), "detail": detail}
-
-
-def report(job, verdict):
-    data = (json.dumps({**verdict, "nonce": job["nonce"]}) + "\n").encode()
-    view = memoryview(data)
-    while view:
-        view = view[os.write(job["result_fd"], view):]
-
-
-def run_worker(job):
-    """The worker process: compute and report the verdict, then exit at once."""
+def run_program(job):
+    """The program's process: run it and its tests, send the answers, exit."""
     me = os.getpid()
-    try:
-        verdict = worker(job)
-    except BaseException as e:  # setup failed, or the program broke this runner
-        verdict = {"outcome": "sandbox_error", "passed": 0, "total": len(job["tests"]),
-                   "detail": f"{type(e).__name__}: {e}"}
-    if os.getpid() == me:  # a forked copy of the program must not report
+    answers = Answers(job["answer_fd"])
+    state = {"violations": [], "memory": False, "output": False, "error": None}
+    run_tests(job, answers, state)
+    if os.getpid() == me:  # a forked copy of the program must not answer for it
         try:
             sys.stdout.flush()
         except BaseException:  # the program may have replaced or closed stdout
             pass
-        report(job, verdict)
+        answers.send({"end": True, **state})
     os._exit(0)
 
 
+# ---------------------------------------------------------------------------- processes
+
+
 def exit_like(status):
-    """Exit with a child's wait status: its exit code, or 128 + the signal that killed it."""
     if os.WIFSIGNALED(status):
         os._exit(128 + os.WTERMSIG(status))
     os._exit(os.WEXITSTATUS(status))
 
 
+def report_setup(job, error=None):
+    """Tell the trainer the sandbox is ready (or why not) and close the pipe for good."""
+    text = "ready" if error is None else f"error: {error}"
+    try:
+        os.write(job["setup_fd"], text.encode()[:4000])
+    finally:
+        os.close(job["setup_fd"])
+
+
+def start_program(job):
+    """Fork the program's process (setup errors go to the setup pipe), close the setup
+    pipe, and return the program's pid."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        os.close(job["setup_fd"])
+        try:
+            become_program(job)
+            error = b""
+        except BaseException as e:
+            error = f"{type(e).__name__}: {e}".encode()[:2000] or b"?"
+        os.write(ready_w, error or b"ok")
+        os.close(ready_w)
+        if error:
+            os._exit(1)
+        run_program(job)
+    os.close(ready_w)
+    answer = os.read(ready_r, 4096)
+    os.close(ready_r)
+    report_setup(job, None if answer == b"ok" else (answer.decode(errors="replace") or
+                                                    "the program's process died in setup"))
+    return pid
+
+
 def run_as_init(job):
-    """PID 1 of the new namespace: fork the worker, reap everything, exit like the worker."""
+    """PID 1 of the new namespaces: build the root, start the program, reap everything, and
+    exit like the program (which ends every process left in the namespace)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    child = os.fork()
-    if child == 0:
-        run_worker(job)
+    try:
+        build_root(job)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except BaseException as e:
+        report_setup(job, f"{type(e).__name__}: {e}")
+        os._exit(1)
+    child = start_program(job)
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
@@ -370,29 +614,30 @@ def run_as_init(job):
 
 def main():
     job = json.loads(sys.stdin.buffer.read())
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
+    os.dup2(os.open(os.devnull, os.O_RDWR), 0)
     if job.get("probe"):
-        report(job, probe(job))
-        os._exit(0)
+        try:
+            os.write(job["setup_fd"], json.dumps(probe(job)).encode())
+        finally:
+            os._exit(0)
+    if job["isolation"] == "process":
+        child = start_program(job)
+        _, status = os.waitpid(child, 0)
+        exit_like(status)
     try:
-        flags = namespace_flags(job)
-        if flags:
-            unshare(flags)
-    except OSError as e:
-        report(job, {"outcome": "sandbox_error", "passed": 0, "total": len(job["tests"]),
-                     "detail": str(e)})
+        enter_namespaces()
+    except (SetupError, OSError) as e:
+        report_setup(job, f"{type(e).__name__}: {e}")
         os._exit(1)
-    if not job["pid_namespace"]:
-        run_worker(job)
     # The trainer stops a run with SIGTERM to this process, which kills the namespace's init
-    # (and so everything in it) and reaps it: no process is orphaned, not even as a zombie.
+    # (and so everything in it) and reaps it: nothing is orphaned, not even as a zombie.
     init = {}
     signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(init["pid"], signal.SIGKILL)
                   if "pid" in init else os._exit(128 + signum))
-    init["pid"] = os.fork()  # the first child is PID 1 of the new PID namespace
+    init["pid"] = os.fork()
     if init["pid"] == 0:
         run_as_init(job)
+    os.close(job["setup_fd"])
     _, status = os.waitpid(init["pid"], 0)
     exit_like(status)
 
