@@ -12,8 +12,8 @@ fake result or exits early with status 0 just gives no (or wrong) answers.
 - ``namespaces`` (the default): each program gets new mount, PID, network, IPC and UTS
   namespaces (plus a user namespace when the trainer is not root) and a root of its own:
   read-only ``/usr``, ``/lib*`` and the interpreter's prefix (``site-packages`` hidden), four
-  ``/dev`` nodes, a fresh ``/proc`` of its PID namespace and a private tmpfs ``/tmp`` of
-  ``tmp_mb`` as its working directory. No host file, socket, process or network is in view.
+  ``/dev`` nodes, a fresh ``/proc`` of its PID namespace, and its working directory
+  ``/sandbox`` and ``/tmp`` on one private tmpfs of ``tmp_mb``. No host file, socket, process or network is in view.
 - ``process``: the weaker fallback for hosts without namespaces (refused unless asked for):
   a private host directory, file permissions as ``nobody`` (when root), no network
   isolation; see docs/reliability.md for exactly what is and is not isolated.
@@ -28,8 +28,9 @@ blocked operations in failure details; it is not a security boundary.
 
 from __future__ import annotations
 
+import ast
 import functools
-import json
+import marshal
 import logging
 import os
 import selectors
@@ -62,6 +63,7 @@ DEFAULT_PRELOAD = (  # what solutions commonly import; os, sys and io are loaded
     "queue", "random", "re", "statistics", "string", "struct", "textwrap", "time", "types",
     "typing", "unicodedata",
 )
+ANSWER_LINE_CAP = 1 << 22  # characters of one answer record read at most
 SETUP_CAP = 1 << 14  # bytes read at most from the setup pipe
 STDERR_TAIL = 1000  # characters of stderr quoted in a detail
 GRACE = 0.2  # seconds a finished runner's leftover children may keep its pipes open
@@ -78,7 +80,7 @@ class SandboxError(RLFoundryError):
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per-program limits. ``cpu_seconds`` defaults to ``ceil(timeout)``; ``tmp_mb`` sizes the
-    private ``/tmp`` (the working directory) in ``namespaces`` mode."""
+    private tmpfs holding the working directory and ``/tmp`` in ``namespaces`` mode."""
 
     timeout: float = 5.0
     cpu_seconds: int | None = None
@@ -203,8 +205,10 @@ def detect_isolation() -> Isolation:
     job = {"probe": True, "uid": uid, "gid": gid, "limits": SandboxLimits().as_job()}
     run = _run_job(job, timeout=30.0, max_output=1 << 16, answer_cap=1 << 16)
     try:
-        found = json.loads(run.setup)
-    except json.JSONDecodeError as e:
+        found = ast.literal_eval(run.setup)
+        if not isinstance(found, dict):
+            raise ValueError("not a dict")
+    except (ValueError, SyntaxError) as e:
         raise SandboxError(f"the sandbox probe failed (exit code {run.returncode}): "
                            f"{run.stderr_tail or run.setup or 'no output'}") from e
     notes = {k[: -len("_error")]: str(v) for k, v in found.items() if k.endswith("_error")}
@@ -227,14 +231,16 @@ def check_mode(mode: str, iso: Isolation) -> None:
 
 
 def run_program(code: str, tests: Sequence[Any], limits: SandboxLimits | None = None, *,
-                audit_hook: bool = True, preload: Sequence[str] = DEFAULT_PRELOAD,
+                audit_hook: bool = True, preload: Sequence[str] | None = None,
                 isolation: Isolation | None = None, mode: str = "namespaces",
                 seccomp: bool = True) -> ExecutionResult:
     """Run ``code`` against ``tests`` in a fresh sandbox and judge it here.
 
     ``tests``: strings of Python run after the program in its namespace (``assert f(2) ==
     4``), and/or ``{"input", "output"}`` dicts (the program runs as ``__main__`` with that
-    stdin and passes when its stdout equals ``output`` up to trailing whitespace). ``mode``:
+    stdin and passes when its stdout equals ``output`` up to trailing whitespace). ``preload``:
+    modules imported before the switch to ``nobody`` (default: none in ``namespaces`` mode,
+    where the standard library is readable; DEFAULT_PRELOAD in ``process`` mode). ``mode``:
     ``namespaces`` or ``process`` (see the module docs); ``seccomp=False`` and
     ``audit_hook=False`` exist to test the other layers. Raises :class:`SandboxError` only
     when the sandbox itself fails; whatever the program does ends in an ExecutionResult.
@@ -248,7 +254,8 @@ def run_program(code: str, tests: Sequence[Any], limits: SandboxLimits | None = 
     prepared = prepare_tests(list(tests))
     uid, gid = _identity()
     job = {"code": code, "limits": limits.as_job(), "uid": uid, "gid": gid, "isolation": mode,
-           "seccomp": seccomp, "audit_hook": audit_hook, "preload": list(preload),
+           "seccomp": seccomp, "audit_hook": audit_hook,
+           "preload": list(_preload(preload, mode)),
            "tests": [{"stdin": t.stdin} if t.is_io else {"program": t.program} for t in prepared]}
     workdir = None
     try:
@@ -256,7 +263,7 @@ def run_program(code: str, tests: Sequence[Any], limits: SandboxLimits | None = 
             workdir = Path(tempfile.mkdtemp(prefix="rlfoundry-sandbox-"))
             if uid is not None:
                 os.chown(workdir, uid, gid)
-        job["workdir"] = str(workdir) if workdir else "/tmp"
+        job["workdir"] = str(workdir) if workdir else "/sandbox"
         io_bytes = sum(1 for t in prepared if t.is_io) * 2 * limits.max_output_bytes
         run = _run_job(job, limits.timeout, limits.max_output_bytes,
                        answer_cap=(4 << 20) + io_bytes)
@@ -268,6 +275,12 @@ def run_program(code: str, tests: Sequence[Any], limits: SandboxLimits | None = 
                            f"{run.setup.removeprefix('error: ') or run.stderr_tail or 'no reason given'}"
                            f" (runner exit code {run.returncode})")
     return _classify(run, limits, prepared)
+
+
+def _preload(preload: Sequence[str] | None, mode: str) -> Sequence[str]:
+    if preload is not None:
+        return preload
+    return DEFAULT_PRELOAD if mode == "process" else ()
 
 
 def run_programs(programs: Sequence[tuple[str, Sequence[Any]]], limits: SandboxLimits | None = None,
@@ -304,7 +317,7 @@ def _run_job(job: dict[str, Any], timeout: float, max_output: int, answer_cap: i
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-B", "-c", runner_source()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(answer_w, setup_w), cwd="/", env=_environment(job.get("workdir", "/tmp")),
+            pass_fds=(answer_w, setup_w), cwd="/", env=_environment(job.get("workdir", "/sandbox")),
             start_new_session=True)
     except BaseException:
         os.close(answer_r)
@@ -314,7 +327,7 @@ def _run_job(job: dict[str, Any], timeout: float, max_output: int, answer_cap: i
         os.close(answer_w)
         os.close(setup_w)
     try:
-        _feed(proc, json.dumps(job).encode())
+        _feed(proc, marshal.dumps(job))
         got = _collect(proc, answer_r, setup_r, timeout, max_output, answer_cap)
     finally:
         _stop(proc, relay=job.get("isolation") == "namespaces")
@@ -420,12 +433,16 @@ def _reap(proc: subprocess.Popen) -> tuple[int, float]:
 
 
 def _parse_answers(data: bytes) -> list[dict[str, Any]]:
-    """The JSON objects on the answer pipe (anything else is ignored: it is only answers)."""
+    """The records on the answer pipe, one Python literal of plain data per line, read with
+    ``ast.literal_eval`` (which builds values, never runs code); anything else is ignored:
+    it is only answers."""
     found = []
-    for line in data.decode("utf-8", "replace").splitlines():
+    for line in data.decode("utf-8", "replace").split("\n"):
+        if not line.startswith("{") or len(line) > ANSWER_LINE_CAP:
+            continue
         try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+            record = ast.literal_eval(line)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             continue
         if isinstance(record, dict):
             found.append(record)

@@ -9,8 +9,8 @@ secret from the program. Two parts:
    a user namespace when not root), then fork PID 1 of the new PID namespace, which builds a
    root of its own: a tmpfs holding read-only bind mounts of only ``/usr``, ``/lib*``, ``/bin``
    and the interpreter's prefix (its ``site-packages`` hidden), ``/dev/{null,zero,random,
-   urandom}``, a fresh ``/proc`` of the new PID namespace (``hidepid``) and a private,
-   size-limited tmpfs ``/tmp`` as the working directory; ``pivot_root`` into it, detach the
+   urandom}``, a fresh ``/proc`` of the new PID namespace (``hidepid``), and the working
+   directory ``/sandbox`` and ``/tmp``, both on one private, size-limited tmpfs; ``pivot_root`` into it, detach the
    host's tree and make ``/`` read-only. ``isolation: process`` skips this (a host directory
    is the working directory).
 2. It reports "ready" (or why setup failed) on the *setup pipe*, which it closes before the
@@ -31,7 +31,7 @@ in failure details; it is not a security boundary.
 
 import ctypes
 import io
-import json
+import marshal
 import os
 import resource
 import signal
@@ -191,10 +191,19 @@ def build_root(job):
         mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
     except SetupError:
         mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.mkdir(root + "/tmp", 0o755)
     uid, gid = (job["uid"], job["gid"]) if job["uid"] is not None else (0, 0)
-    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-          f"size={limits['tmp_bytes']},nr_inodes=4096,mode=0700,uid={uid},gid={gid}")
+    scratch = root + "/.scratch"  # one tmpfs (one size limit) for the working dir and /tmp
+    os.mkdir(scratch, 0o700)
+    mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
+          f"size={limits['tmp_bytes']},nr_inodes=4096,mode=0700")
+    for name, mode in (("sandbox", 0o700), ("tmp", 0o1777)):
+        os.mkdir(f"{scratch}/{name}")
+        os.chmod(f"{scratch}/{name}", mode)
+        os.chown(f"{scratch}/{name}", uid, gid)
+        os.mkdir(f"{root}/{name}", 0o755)
+        mount(f"{scratch}/{name}", f"{root}/{name}", None, MS_BIND)
+    check(libc.umount2(c_path(scratch), MNT_DETACH), "detach the scratch tmpfs")
+    os.rmdir(scratch)
     os.chdir(root)
     check(libc.syscall(SYSCALLS["pivot_root"][ARCHES[os.uname().machine][0]], b".", b"."),
           "pivot_root")
@@ -375,15 +384,18 @@ def encode(value, depth=0):
 
 
 class Answers:
+    """One ``repr`` of a record of plain data per line (the trainer reads it with
+    ``ast.literal_eval``; json would cost this process an import of ``re``)."""
+
     def __init__(self, fd):
         self.fd = fd
 
     def send(self, record):
         try:
-            data = (json.dumps(record) + "\n").encode()
-        except (ValueError, TypeError, RecursionError) as e:
-            data = (json.dumps({**{k: v for k, v in record.items() if k in ("c", "t")},
-                                "error": f"unsendable value: {e}"}) + "\n").encode()
+            data = (repr(record) + "\n").encode("utf-8", "backslashreplace")
+        except (ValueError, RecursionError) as e:
+            data = (repr({**{k: v for k, v in record.items() if k in ("c", "t")},
+                          "error": f"unsendable value: {type(e).__name__}"}) + "\n").encode()
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view):]
@@ -613,11 +625,11 @@ def run_as_init(job):
 
 
 def main():
-    job = json.loads(sys.stdin.buffer.read())
+    job = marshal.loads(sys.stdin.buffer.read())  # from the trainer: trusted
     os.dup2(os.open(os.devnull, os.O_RDWR), 0)
     if job.get("probe"):
         try:
-            os.write(job["setup_fd"], json.dumps(probe(job)).encode())
+            os.write(job["setup_fd"], repr(probe(job)).encode())
         finally:
             os._exit(0)
     if job["isolation"] == "process":
