@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import ast
 import functools
-import marshal
 import logging
+import marshal
 import os
 import selectors
 import shutil
