@@ -502,3 +502,25 @@ def test_timeouts_kill_the_namespace():
     except ProcessLookupError:
         alive = False
     assert not alive and not _sandboxed_sleepers()  # the setsid child died with the namespace
+
+
+def test_the_user_namespace_path_for_non_root_trainers(monkeypatch, public_dir):
+    """A trainer that is not root gets a user namespace (root inside, no capabilities for
+    the program); forced here so that the path is tested on a root machine too."""
+    needs("namespaces", "seccomp")
+    real = sandbox_module._run_job
+    monkeypatch.setattr(sandbox_module, "_run_job", lambda job, *a, **k: real(
+        {**job, "user_namespace": True, "uid": None, "gid": None}, *a, **k))
+    secret = public_dir / "secret.txt"
+    secret.write_text("host secret")
+    secret.chmod(0o644)
+    code = (UNHOOK + SYSCALLS + "status = open('/proc/self/status').read()\n"
+            "caps = status.split('CapEff:')[1].split()[0]\n"
+            "def read(path):\n    try:\n        return open(path).read()\n"
+            "    except OSError as e:\n        return type(e).__name__")
+    tests = ["assert os.getuid() == 0", "assert caps == '0000000000000000'",
+             f"assert read({str(secret)!r}) == 'FileNotFoundError'",
+             "assert call('ptrace', 0, 0, 0, 0) == 1", "assert call('unshare', 0x10000000) == 1",
+             "assert 'sandbox' in os.listdir('/') and 'work' not in os.listdir('/')"]
+    r = run_program(code, tests, LIMITS, preload=PRELOAD)
+    assert (r.outcome, r.passed) == ("passed", len(tests)), r.detail

@@ -115,15 +115,16 @@ def mount(source, target, fstype=None, flags=0, data=None):
 # ------------------------------------------------------------------------ namespaces, root
 
 
-def enter_namespaces():
-    """Unshare every namespace but the cgroup one; not root: a user namespace mapping us to
-    root, so the rest is allowed."""
+def enter_namespaces(job):
+    """Unshare every namespace but the cgroup one; not root (or ``user_namespace``): also a
+    user namespace mapping us to root inside it, so the rest is allowed."""
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
     uid, gid = os.geteuid(), os.getegid()
-    if uid != 0:
+    userns = uid != 0 or job.get("user_namespace")
+    if userns:
         flags |= CLONE_NEWUSER
     check(libc.unshare(ctypes.c_int(flags)), "unshare")
-    if uid != 0:
+    if userns:
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
                            ("gid_map", f"0 {gid} 1")):
             with open(f"/proc/self/{name}", "w") as f:
@@ -325,7 +326,7 @@ def in_fork(fn):
 def probe(job):
     """Which protections work here, each tried in a throwaway child."""
     def namespaces():
-        enter_namespaces()
+        enter_namespaces(job)
         error = in_fork(lambda: (build_root(job), install_seccomp(), os.listdir("/tmp")))
         if error:
             raise SetupError(error)
@@ -637,7 +638,7 @@ def main():
         _, status = os.waitpid(child, 0)
         exit_like(status)
     try:
-        enter_namespaces()
+        enter_namespaces(job)
     except (SetupError, OSError) as e:
         report_setup(job, f"{type(e).__name__}: {e}")
         os._exit(1)
