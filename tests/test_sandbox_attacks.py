@@ -154,6 +154,20 @@ def test_answering_every_guess_does_not_pass():
     assert (r.outcome, r.passed) == ("failed", 0), r.detail
 
 
+def test_an_always_equal_object_does_not_pass():
+    needs("namespaces")
+    code = ("class Equal:\n    def __eq__(self, other):\n        return True\n"
+            "class Int(int):\n    def __eq__(self, other):\n        return True\n"
+            "def add(a, b):\n    return Equal()\ndef mul(a, b):\n    return Int(0)")
+    # compared inside the sandbox (an open check), the object fools the comparison ...
+    assert run_program(code, ["assert (add(1, 2) == 3) == True"], LIMITS).outcome == "passed"
+    # ... compared in the trainer, as plain data, it does not
+    r = run_program(code, ["assert add(1, 2) == 3"], LIMITS)
+    assert r.outcome == "failed" and "object of type Equal" in r.detail
+    r = run_program(code, ["assert mul(2, 3) == 6"], LIMITS)
+    assert r.outcome == "failed" and "(got 0)" in r.detail
+
+
 def test_open_checks_can_be_refused():
     fn = REWARDS.get("code_execution")
     out = fn(["p"], ["def f(x):\n    return x"], tests=[["assert f(2) == 2", "assert f(2)"]],
@@ -489,6 +503,12 @@ def test_the_process_fallback_runs_when_asked():
     out = fn(["p", "q"], ["x = 1", "x = 2"], tests=[["assert x == 1"]] * 2, isolation="process",
              timeout=3)
     assert list(out) == [1.0, 0.0] and out.reasons == ["passed", "failed"]
+
+
+def test_a_timeout_while_the_sandbox_starts_is_a_timeout():
+    needs("namespaces")
+    r = run_program("x = 1", ["assert x == 1"], SandboxLimits(timeout=0.001))
+    assert r.outcome == "timeout" and "still starting" in r.detail
 
 
 def test_timeouts_kill_the_namespace():

@@ -270,6 +270,10 @@ def run_program(code: str, tests: Sequence[Any], limits: SandboxLimits | None = 
     finally:
         if workdir is not None:
             _remove_workdir(workdir)
+    if not run.setup and run.timed_out:  # the machine is too busy to start it in time
+        return ExecutionResult("timeout", 0, len(prepared), f"wall-clock limit of "
+                               f"{limits.timeout:g} s (the sandbox was still starting)",
+                               run.seconds, run.pid)
     if not run.setup.startswith("ready"):
         raise SandboxError(f"the sandbox could not start the program: "
                            f"{run.setup.removeprefix('error: ') or run.stderr_tail or 'no reason given'}"

@@ -320,7 +320,7 @@ def judge(check: Check, values: list[Any]) -> str | None:
         data = [decode(v) for v in values]
         for v in data:
             if isinstance(v, _Opaque):
-                raise Unjudgeable(f"a {v.name} object (only plain data can be checked: "
+                raise Unjudgeable(f"an object of type {v.name} (only plain data can be checked: "
                                   f"numbers, strings, bytes, None, lists, tuples, dicts, sets)")
         ok = _holds(check, data)
     except Unjudgeable as e:
