@@ -271,7 +271,8 @@ def test_files_written_to_tmp_do_not_persist():
 VICTIM = """
 import os, time
 def intruded():
-    for _ in range(150):
+    end = time.monotonic() + WAIT
+    while time.monotonic() < end:
         if os.path.exists('pwned'):
             return open('pwned').read()
         time.sleep(0.02)
@@ -281,7 +282,8 @@ INTRUDER = """
 import glob, os, time
 def attack():
     hits = 0
-    for _ in range(100):
+    end = time.monotonic() + WAIT
+    while time.monotonic() < end:
         for d in glob.glob('/tmp/*/') + glob.glob('/*/'):  # host sample dirs, or siblings of its own
             if os.path.realpath(d) in (os.getcwd(), '/tmp'):
                 continue
@@ -299,12 +301,15 @@ def attack():
 
 
 def test_a_sample_cannot_write_into_another_samples_directory():
-    programs = [(UNHOOK + VICTIM, ["assert intruded() == 'pwned-by-another-sample'"]),
-                (UNHOOK + INTRUDER, ["assert attack() == 0"])]
+    def programs(wait):  # both run at once; each stops as soon as the intrusion happened
+        return [(f"{UNHOOK}WAIT = {wait}{VICTIM}", ["assert intruded() == 'pwned-by-another-sample'"]),
+                (f"{UNHOOK}WAIT = {wait}{INTRUDER}", ["assert attack() == 0"])]
+
     needs("namespaces", "seccomp", "drop_privileges")
-    weak = run_programs(programs, LIMITS, workers=2, mode="process", preload=PRELOAD)
-    assert [r.outcome for r in weak] == ["passed", "failed"]  # the intrusion works there
-    strong = run_programs(programs, LIMITS, workers=2, preload=PRELOAD)
+    limits = SandboxLimits(timeout=10, memory_mb=256)
+    weak = run_programs(programs(7), limits, workers=2, mode="process", preload=PRELOAD)
+    assert [r.outcome for r in weak] == ["passed", "failed"], [r.detail for r in weak]
+    strong = run_programs(programs(1.5), limits, workers=2, preload=PRELOAD)
     assert [r.outcome for r in strong] == ["failed", "passed"], [r.detail for r in strong]
 
 

@@ -7,7 +7,8 @@ sends back only *answers* (the values of each assert's probe, the stdout of each
 test) on a pipe, and the trainer compares them. A program that patches the harness, prints a
 fake result or exits early with status 0 just gives no (or wrong) answers.
 
-**Isolation** (``mode``; the child side is :mod:`rlfoundry.rewards.sandbox_runner`):
+**Isolation** (``mode``; the child side is :mod:`rlfoundry.rewards.sandbox_runner` with
+:mod:`rlfoundry.rewards.sandbox_jail`):
 
 - ``namespaces`` (the default): each program gets new mount, PID, network, IPC and UTS
   namespaces (plus a user namespace when the trainer is not root) and a root of its own:
@@ -48,11 +49,12 @@ from pathlib import Path
 from typing import Any
 
 from rlfoundry.errors import ConfigError, RLFoundryError
-from rlfoundry.rewards.sandbox_checks import PreparedTest, judge, prepare_tests
+from rlfoundry.rewards.sandbox_checks import PreparedTest, judge_tests, prepare_tests
 
 logger = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
+JAIL = Path(__file__).with_name("sandbox_jail.py")
 NOBODY = 65534
 MODES = ("namespaces", "process")
 OUTCOMES = ("passed", "failed", "error", "timeout", "memory", "output_limit", "blocked", "killed")
@@ -177,7 +179,16 @@ class _Run:
 
 @functools.lru_cache(maxsize=1)
 def runner_source() -> str:
-    return RUNNER.read_text(encoding="utf-8")
+    """The ``-c`` source of a runner: the jail module is made importable as ``sandbox_jail``,
+    then the runner runs as ``__main__`` (the interpreter runs isolated: ``-I -S -B``)."""
+    jail = JAIL.read_text(encoding="utf-8")
+    runner = RUNNER.read_text(encoding="utf-8")
+    return (f"import sys, types\n"
+            f"jail = types.ModuleType('sandbox_jail')\n"
+            f"exec(compile({jail!r}, 'sandbox_jail.py', 'exec'), jail.__dict__)\n"
+            f"sys.modules['sandbox_jail'] = jail\n"
+            f"del jail, types\n"
+            f"exec(compile({runner!r}, 'sandbox_runner.py', 'exec'))\n")
 
 
 def sandbox_user() -> tuple[int, int]:
@@ -519,65 +530,6 @@ def _classify(run: _Run, limits: SandboxLimits, tests: list[PreparedTest]) -> Ex
                                f"finished{': ' + run.stderr_tail[-300:] if run.stderr_tail else ''}",
                       passed)
     return result("failed", detail, passed)
-
-
-def judge_tests(tests: list[PreparedTest], answers: list[dict[str, Any]]
-                ) -> tuple[int, str | None]:
-    """(tests passed, the first failure) from the program's answers; the expected values are
-    only here."""
-    by_test: dict[int, list[dict[str, Any]]] = {}
-    by_check: dict[int, list[Any]] = {}
-    for record in answers:
-        if isinstance(record.get("t"), int):
-            by_test.setdefault(record["t"], []).append(record)
-        elif isinstance(record.get("c"), int) and isinstance(record.get("v"), list):
-            by_check.setdefault(record["c"], []).append(record["v"])
-    passed, detail = 0, None
-    for i, test in enumerate(tests):
-        error = _judge_one(test, by_test.get(i, []), by_check)
-        if error is None:
-            passed += 1
-        elif detail is None:
-            detail = f"test {i}: {error}"
-    return passed, detail
-
-
-def _judge_one(test: PreparedTest, records: list[dict[str, Any]],
-               by_check: dict[int, list[Any]]) -> str | None:
-    for record in records:
-        if record.get("error"):
-            return str(record["error"])[:300]
-    if test.is_io:
-        outs = [r.get("out") for r in records if "out" in r]
-        if not outs:
-            return "not run"
-        for out in outs:
-            if not isinstance(out, str) or not same_output(out, test.stdout):
-                return (f"wrong output {str(out)[:80]!r}, expected "
-                        f"{test.stdout[:80]!r}")
-        return None
-    if not any(r.get("done") is True for r in records):
-        return "not run"
-    for k, check in enumerate(test.checks):
-        reports = by_check.get(test.first_check + k)
-        if not reports:
-            return f"AssertionError: `assert {check.source}` was never reached"
-        for values in reports:
-            error = judge(check, values)
-            if error is not None:
-                return error
-    return None
-
-
-def same_output(got: str, want: str) -> bool:
-    """Equal up to trailing whitespace on each line and trailing blank lines."""
-    def lines(text: str) -> list[str]:
-        out = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
-        while out and not out[-1]:
-            out.pop()
-        return out
-
-    return lines(got) == lines(want)
 
 
 def _remove_workdir(path: Path) -> None:

@@ -363,3 +363,62 @@ def _apply(op: str | None, a: Any, b: Any) -> bool:
         return not _apply("is", a, b)
     fn = next(f for name, f in COMPARE.values() if name == op)
     return bool(fn(a, b))
+
+
+def judge_tests(tests: list[PreparedTest], answers: list[dict[str, Any]]
+                ) -> tuple[int, str | None]:
+    """(tests passed, the first failure) from the program's answers; the expected values are
+    only here."""
+    by_test: dict[int, list[dict[str, Any]]] = {}
+    by_check: dict[int, list[Any]] = {}
+    for record in answers:
+        if isinstance(record.get("t"), int):
+            by_test.setdefault(record["t"], []).append(record)
+        elif isinstance(record.get("c"), int) and isinstance(record.get("v"), list):
+            by_check.setdefault(record["c"], []).append(record["v"])
+    passed, detail = 0, None
+    for i, test in enumerate(tests):
+        error = _judge_one(test, by_test.get(i, []), by_check)
+        if error is None:
+            passed += 1
+        elif detail is None:
+            detail = f"test {i}: {error}"
+    return passed, detail
+
+
+def _judge_one(test: PreparedTest, records: list[dict[str, Any]],
+               by_check: dict[int, list[Any]]) -> str | None:
+    for record in records:
+        if record.get("error"):
+            return str(record["error"])[:300]
+    if test.is_io:
+        outs = [r.get("out") for r in records if "out" in r]
+        if not outs:
+            return "not run"
+        for out in outs:
+            if not isinstance(out, str) or not same_output(out, test.stdout):
+                return (f"wrong output {str(out)[:80]!r}, expected "
+                        f"{test.stdout[:80]!r}")
+        return None
+    if not any(r.get("done") is True for r in records):
+        return "not run"
+    for k, check in enumerate(test.checks):
+        reports = by_check.get(test.first_check + k)
+        if not reports:
+            return f"AssertionError: `assert {check.source}` was never reached"
+        for values in reports:
+            error = judge(check, values)
+            if error is not None:
+                return error
+    return None
+
+
+def same_output(got: str, want: str) -> bool:
+    """Equal up to trailing whitespace on each line and trailing blank lines."""
+    def lines(text: str) -> list[str]:
+        out = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+        while out and not out[-1]:
+            out.pop()
+        return out
+
+    return lines(got) == lines(want)
