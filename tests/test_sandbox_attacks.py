@@ -30,6 +30,7 @@ from rlfoundry.rewards.sandbox import (
     run_program,
     run_programs,
 )
+from rlfoundry.rewards.sandbox_jail import landlock_abi
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs Linux")
 
@@ -57,8 +58,11 @@ def needs(*protections):
 
 
 def attack(code, tests, mode="namespaces", limits=LIMITS, **options):
-    """Run ``code`` (after switching the audit hook off) against ``tests``."""
+    """Run ``code`` (after switching the audit hook off) against ``tests``; ``process`` mode
+    without Landlock is the weakest level, where the attacks are shown to work."""
     needs("namespaces", "seccomp", "drop_privileges")
+    if mode == "process":
+        options.setdefault("landlock", False)
     return run_program(UNHOOK + code, tests, limits, mode=mode, preload=PRELOAD, **options)
 
 
@@ -307,7 +311,8 @@ def test_a_sample_cannot_write_into_another_samples_directory():
 
     needs("namespaces", "seccomp", "drop_privileges")
     limits = SandboxLimits(timeout=10, memory_mb=256)
-    weak = run_programs(programs(7), limits, workers=2, mode="process", preload=PRELOAD)
+    weak = run_programs(programs(7), limits, workers=2, mode="process", preload=PRELOAD,
+                        landlock=False)
     assert [r.outcome for r in weak] == ["passed", "failed"], [r.detail for r in weak]
     strong = run_programs(programs(1.5), limits, workers=2, preload=PRELOAD)
     assert [r.outcome for r in strong] == ["failed", "passed"], [r.detail for r in strong]
@@ -549,3 +554,56 @@ def test_the_user_namespace_path_for_non_root_trainers(monkeypatch, public_dir):
              "assert 'sandbox' in os.listdir('/') and 'work' not in os.listdir('/')"]
     r = run_program(code, tests, LIMITS, preload=PRELOAD)
     assert (r.outcome, r.passed) == ("passed", len(tests)), r.detail
+
+
+def test_landlock_hardens_the_process_fallback(public_dir):
+    needs("landlock")
+    secret = public_dir / "secret.txt"
+    secret.write_text("host secret")
+    secret.chmod(0o644)
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(4)
+    tcp.settimeout(0.3)
+    tmp_file = f"/tmp/rlfoundry-attack-{secrets.token_hex(8)}"
+    abstract = f"\0rlfoundry-attack-{secrets.token_hex(6)}"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(abstract)
+    listener.listen(4)
+    listener.settimeout(0.3)
+    code = f"""
+import os, socket
+def attempt(fn):
+    try:
+        fn()
+        return 'ok'
+    except OSError as e:
+        return type(e).__name__
+def unix(address):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(address)
+read_host = attempt(lambda: open({str(secret)!r}).read())
+read_proc = attempt(lambda: open('/proc/1/cmdline').read())
+write_tmp = attempt(lambda: open({tmp_file!r}, 'w').write('x'))
+tcp = attempt(lambda: socket.create_connection(('127.0.0.1', {tcp.getsockname()[1]}), timeout=1))
+abstract = attempt(lambda: unix({abstract!r}))
+own = attempt(lambda: open('mine.txt', 'w').write('x'))
+"""
+    abi = landlock_abi()  # TCP rules came with ABI 4, scoped abstract sockets with ABI 6
+    checked = ["read_host", "read_proc", "write_tmp"] + ["tcp"] * (abi >= 4) + ["abstract"] * (
+        abi >= 6)
+    tests = ["assert own == 'ok'"] + [f"assert {name} == 'ok'" for name in checked]
+    try:
+        weak = attack(code, tests, mode="process")
+        assert (weak.outcome, weak.passed) == ("passed", len(tests)), weak.detail  # all work
+        os.remove(tmp_file)
+        connections(tcp), connections(listener)
+        r = attack(code, tests, mode="process", landlock=True)
+        assert r.passed == 1, r.detail  # only its own directory
+        assert not os.path.exists(tmp_file)
+        assert connections(tcp) == 0 and connections(listener) == 0
+    finally:
+        tcp.close()
+        listener.close()
+        if os.path.exists(tmp_file):
+            os.remove(tmp_file)

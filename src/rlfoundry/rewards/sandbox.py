@@ -16,8 +16,9 @@ fake result or exits early with status 0 just gives no (or wrong) answers.
   ``/dev`` nodes, a fresh ``/proc`` of its PID namespace, and its working directory
   ``/sandbox`` and ``/tmp`` on one private tmpfs of ``tmp_mb``. No host file, socket, process or network is in view.
 - ``process``: the weaker fallback for hosts without namespaces (refused unless asked for):
-  a private host directory, file permissions as ``nobody`` (when root), no network
-  isolation; see docs/reliability.md for exactly what is and is not isolated.
+  a private host directory, file permissions as ``nobody`` (when root) and, where the kernel
+  has Landlock, files limited to that directory and the interpreter's, no TCP, no abstract
+  UNIX sockets or signals out; see docs/reliability.md for what is and is not isolated.
 
 Both add resource limits (``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``,
 ``RLIMIT_NPROC``), a wall-clock kill of the whole process group (with a PID namespace, of
@@ -132,6 +133,7 @@ class Isolation:
     notes: dict[str, str] = field(default_factory=dict)
     namespaces: bool = False
     seccomp: bool = False
+    landlock: bool = False
 
     def describe(self) -> str:
         """One line: which protections work here and which do not."""
@@ -140,6 +142,7 @@ class Isolation:
             "uid nobody": self.drop_privileges,
             "private namespaces and root filesystem": self.namespaces,
             "seccomp filter": self.seccomp,
+            "landlock (for isolation: process)": self.landlock,
         }
         on = [k for k, v in parts.items() if v]
         off = [k for k, v in parts.items() if not v]
@@ -225,7 +228,8 @@ def detect_isolation() -> Isolation:
     notes = {k[: -len("_error")]: str(v) for k, v in found.items() if k.endswith("_error")}
     ns = bool(found.get("namespaces"))
     iso = Isolation(ns, ns, uid is not None and bool(found.get("setuid")),
-                    bool(found.get("rlimits")), True, notes, ns, bool(found.get("seccomp")))
+                    bool(found.get("rlimits")), True, notes, ns, bool(found.get("seccomp")),
+                    bool(found.get("landlock")))
     (logger.info if ns and iso.seccomp else logger.warning)("%s", iso.describe())
     if not iso.rlimits:
         raise SandboxError(f"the sandbox cannot set resource limits here: {notes.get('rlimits')}")
@@ -244,7 +248,7 @@ def check_mode(mode: str, iso: Isolation) -> None:
 def run_program(code: str, tests: Sequence[Any], limits: SandboxLimits | None = None, *,
                 audit_hook: bool = True, preload: Sequence[str] | None = None,
                 isolation: Isolation | None = None, mode: str = "namespaces",
-                seccomp: bool = True) -> ExecutionResult:
+                seccomp: bool = True, landlock: bool = True) -> ExecutionResult:
     """Run ``code`` against ``tests`` in a fresh sandbox and judge it here.
 
     ``tests``: strings of Python run after the program in its namespace (``assert f(2) ==
@@ -252,8 +256,9 @@ def run_program(code: str, tests: Sequence[Any], limits: SandboxLimits | None = 
     stdin and passes when its stdout equals ``output`` up to trailing whitespace). ``preload``:
     modules imported before the switch to ``nobody`` (default: none in ``namespaces`` mode,
     where the standard library is readable; DEFAULT_PRELOAD in ``process`` mode). ``mode``:
-    ``namespaces`` or ``process`` (see the module docs); ``seccomp=False`` and
-    ``audit_hook=False`` exist to test the other layers. Raises :class:`SandboxError` only
+    ``namespaces`` or ``process`` (see the module docs; ``process`` adds Landlock where the
+    kernel has it); ``seccomp=False``, ``landlock=False`` and ``audit_hook=False`` exist to
+    test the other layers. Raises :class:`SandboxError` only
     when the sandbox itself fails; whatever the program does ends in an ExecutionResult.
     """
     limits = limits or SandboxLimits()
@@ -266,6 +271,7 @@ def run_program(code: str, tests: Sequence[Any], limits: SandboxLimits | None = 
     uid, gid = _identity()
     job = {"code": code, "limits": limits.as_job(), "uid": uid, "gid": gid, "isolation": mode,
            "seccomp": seccomp, "audit_hook": audit_hook,
+           "landlock": landlock and mode == "process" and iso.landlock,
            "preload": list(_preload(preload, mode)),
            "tests": [{"stdin": t.stdin} if t.is_io else {"program": t.program} for t in prepared]}
     workdir = None
