@@ -368,7 +368,7 @@ def probe(job):
     """Which protections work here, each tried in a throwaway child."""
     def namespaces():
         enter_namespaces(job)
-        error = in_fork(lambda: (build_root(job), install_seccomp(), os.listdir("/tmp")))
+        error = in_fork(lambda: (build_root(job), os.listdir("/sandbox")))
         if error:
             raise SetupError(error)
 
