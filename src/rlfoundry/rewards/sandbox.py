@@ -513,10 +513,11 @@ def _classify(run: _Run, limits: SandboxLimits, tests: list[PreparedTest]) -> Ex
         return result("output_limit", f"printed more than {limits.max_output_bytes} bytes")
     if claims["violations"]:
         return result("blocked", f"blocked by the sandbox: {claims['violations'][0]}")
+    raised = claims["error"] and f"the program raised {claims['error']}"
     if claims["memory"]:
-        return result("memory", detail or claims["error"] or "MemoryError")
+        return result("memory", raised or detail or "MemoryError")
     if claims["output"]:
-        return result("output_limit", detail or "printed too much")
+        return result("output_limit", raised or detail or "printed too much")
     if run.timed_out:
         return result("timeout", f"wall-clock limit of {limits.timeout:g} s")
     sig = _signal_of(run.returncode)
