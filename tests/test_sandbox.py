@@ -177,10 +177,10 @@ def require(protection, why):
         pytest.skip(why)
 
 
-def os_only(code, tests, **options):
+def os_only(code, tests, mode="namespaces", **options):
     """Run with the audit hook off: only the OS protections stand."""
     return run_program(code, tests, SandboxLimits(**{**FAST, **options}), audit_hook=False,
-                       preload=DEFAULT_PRELOAD + ("socket",))
+                       preload=DEFAULT_PRELOAD + ("socket",), mode=mode)
 
 
 def test_os_layer_stops_a_fork_bomb():
@@ -194,8 +194,10 @@ def test_os_layer_protects_files(tmp_path):  # tmp_path is root's; the program r
     require("drop_privileges", "needs root to run programs as nobody")
     sentinel = tmp_path / "sentinel.txt"
     sentinel.write_text("precious")
-    r = os_only(f"import os\nos.remove({str(sentinel)!r})", ["assert True"])
+    r = os_only(f"import os\nos.remove({str(sentinel)!r})", ["assert True"], mode="process")
     assert r.outcome == "error" and "PermissionError" in r.detail
+    r = os_only(f"import os\nos.remove({str(sentinel)!r})", ["assert True"])
+    assert r.outcome == "error" and "FileNotFoundError" in r.detail  # not in its view at all
     assert sentinel.read_text() == "precious"
 
 

@@ -17,6 +17,12 @@ all tests pass; when some fail, 0.0 (or the fraction passed, with ``partial_cred
 tried a forbidden operation), ``killed``. Every sample's reason is returned
 (:class:`~rlfoundry.rewards.runner.Scores`) and counted in the metrics as
 ``reward/code_execution/<reason>``; samples with no tests get None (reason ``no_tests``).
+
+The verdict is computed here, in the trainer: the sandbox never sees an expected value, it
+only sends back answers (each assert's probe value, each stdin/stdout test's output; see
+:mod:`rlfoundry.rewards.sandbox_checks`). ``isolation`` picks the sandbox: ``namespaces``
+(default; refused with a clear error where the host cannot create namespaces) or
+``process`` (a weaker fallback you must ask for). docs/reliability.md says what each isolates.
 """
 
 from __future__ import annotations
@@ -27,15 +33,17 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rlfoundry.errors import DataError
+from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.rewards.runner import REWARDS, Scores
 from rlfoundry.rewards.sandbox import (
-    DEFAULT_PRELOAD,
+    MODES,
     SandboxError,
     SandboxLimits,
+    check_mode,
     detect_isolation,
     run_programs,
 )
+from rlfoundry.rewards.sandbox_checks import prepare_tests
 
 FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
@@ -108,6 +116,9 @@ def code_execution(
     require_isolation: bool = False,
     audit_hook: bool = True,
     preload: Sequence[str] | None = None,
+    isolation: str = "namespaces",
+    open_checks: str = "allow",
+    tmp_mb: int = 16,
     **columns: Any,
 ) -> Scores:
     """1.0 if the completion's Python passes its test cases, run in a sandboxed process.
@@ -116,12 +127,17 @@ def code_execution(
 
     Limits per sample: ``timeout`` wall seconds, ``cpu_seconds`` (default: the timeout),
     ``memory_mb`` of address space, ``max_processes`` (1: no fork), ``max_output_bytes``
-    of stdout + stderr, ``max_file_bytes`` per file written. At most ``workers`` samples run
-    at once (default: the CPU count, at most 8). ``require_isolation`` refuses to run unless
-    the network and PID namespaces (and, as root, the switch to ``nobody``) work here.
-    ``audit_hook: false`` leaves only the OS protections (for testing them). ``preload``:
-    standard modules imported before the program runs (needed when the sandbox user cannot
-    read the standard library; default: a common set).
+    of stdout + stderr, ``max_file_bytes`` per file written, ``tmp_mb`` for its working
+    directory and ``/tmp`` together. At most ``workers`` samples run at once (default: the CPU
+    count, at most 8). ``isolation``: ``namespaces`` (default: private namespaces and root
+    filesystem, refused where the host has none) or ``process`` (the weaker fallback).
+    ``require_isolation`` also insists on the seccomp filter and, as root, the switch to
+    ``nobody``. ``open_checks``: ``allow`` (default) or ``reject`` tests whose reference is
+    computed inside the sandbox (``assert f(x) == g(y)``, ``assert f(x)``), which a hostile
+    program can satisfy without solving the task. ``audit_hook: false`` drops the diagnostic
+    audit hook. ``preload``: standard modules imported before the switch to ``nobody``
+    (default: none with namespaces, a common set in ``process`` mode, where ``nobody`` may
+    not be able to read the standard library).
     """
     values = columns.get(tests_column) if tests_column != "tests" else tests
     if values is None:
@@ -130,14 +146,23 @@ def code_execution(
         raise DataError(f"code_execution: {len(values)} '{tests_column}' values for "
                         f"{len(completions)} completions")
     limits = SandboxLimits(timeout, cpu_seconds, memory_mb, max_processes, max_output_bytes,
-                           max_file_bytes)
-    if require_isolation:
-        _require_isolation()
+                           max_file_bytes, tmp_mb=tmp_mb)
+    if isolation not in MODES:
+        raise ConfigError(f"code_execution: isolation={isolation!r} must be one of "
+                          f"{', '.join(MODES)}")
+    if open_checks not in ("allow", "reject"):
+        raise ConfigError(f"code_execution: open_checks={open_checks!r} must be allow or reject")
     parsed = [parse_tests(v, f"sample {i}") for i, v in enumerate(values)]
     todo = [i for i, t in enumerate(parsed) if t]
+    for i in todo:
+        prepare_tests(parsed[i], f"sample {i}", open_checks)  # DataError naming the sample
+    if todo:
+        check_mode(isolation, detect_isolation())
+        if require_isolation:
+            _require_isolation(isolation)
     results = run_programs([(extract_code(completions[i]), parsed[i]) for i in todo], limits,
-                           workers=workers, audit_hook=audit_hook,
-                           preload=DEFAULT_PRELOAD if preload is None else tuple(preload))
+                           workers=workers, audit_hook=audit_hook, mode=isolation,
+                           preload=None if preload is None else tuple(preload))
     rewards: list[float | None] = [None] * len(completions)
     reasons = ["no_tests"] * len(completions)
     details: list[str | None] = [None] * len(completions)
@@ -152,10 +177,11 @@ def code_execution(
     return Scores(rewards, reasons, details)
 
 
-def _require_isolation() -> None:
+def _require_isolation(mode: str) -> None:
     iso = detect_isolation()
-    missing = [name for name, ok in (("network namespace", iso.network_namespace),
-                                     ("PID namespace", iso.pid_namespace),
+    missing = [name for name, ok in (("isolation: namespaces", mode == "namespaces"),
+                                     ("namespaces", iso.namespaces),
+                                     ("the seccomp filter", iso.seccomp),
                                      ("dropping root", iso.drop_privileges or os.geteuid() != 0))
                if not ok]
     if missing:
