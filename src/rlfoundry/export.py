@@ -20,6 +20,12 @@ def resolve_checkpoint(source: str | Path) -> Path:
     path = Path(source)
     if not path.is_dir():
         raise CheckpointError(f"'{source}' does not exist")
+    looks_like_checkpoint = any((path / f).exists() for f in (
+        ckpt.STATE_FILE, ckpt.LEGACY_STATE_FILE, "manifest.json", "model"))
+    if not (path / "checkpoints").is_dir() and not looks_like_checkpoint:
+        raise CheckpointError(
+            f"'{source}' is neither a checkpoint (no {ckpt.STATE_FILE}) nor a run directory with "
+            f"checkpoints under {path / 'checkpoints'}")
     if not (path / "checkpoints").is_dir():
         problems = ckpt.verify_checkpoint(path)
         if problems:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _hash_all(paths: list[Path]) -> list[str]:
+    """SHA-256 of each file, several at once (hashlib releases the GIL on large buffers)."""
+    workers = max(1, min(8, os.cpu_count() or 1, len(paths)))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(sha256_file, paths))
+
+
 def _files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 def write_manifest(directory: Path, info: dict[str, Any] | None = None) -> Path:
     """Hash every file under ``directory`` into ``directory/manifest.json`` (synced)."""
-    files = {p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in _files(directory)}
+    paths = _files(directory)
+    files = {p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": digest}
+             for p, digest in zip(paths, _hash_all(paths))}
     body = {"format": FORMAT, "version": VERSION, **(info or {}), "files": files}
     path = directory / MANIFEST
     with open(path, "w", encoding="utf-8") as f:
@@ -76,6 +85,7 @@ def verify(directory: Path, required: tuple[str, ...] = ()) -> list[str]:
         missing = [f"{r}: missing" for r in required if not (directory / r).is_file()]
         return [str(e), *missing]
     problems = [f"{r}: missing (required, not in the manifest)" for r in required if r not in listed]
+    to_hash = []
     for name, entry in sorted(listed.items()):
         path = directory / name
         if not isinstance(entry, dict) or Path(name).is_absolute() or ".." in Path(name).parts:
@@ -85,8 +95,11 @@ def verify(directory: Path, required: tuple[str, ...] = ()) -> list[str]:
         elif path.stat().st_size != entry.get("size"):
             problems.append(f"{name}: size {path.stat().st_size} bytes, the manifest says "
                             f"{entry.get('size')} (truncated or overwritten)")
-        elif sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{name}: checksum mismatch (the bytes changed after it was written)")
+        else:
+            to_hash.append((name, path, entry.get("sha256")))
+    digests = _hash_all([path for _, path, _ in to_hash]) if to_hash else []
+    problems += [f"{name}: checksum mismatch (the bytes changed after it was written)"
+                 for (name, _, want), got in zip(to_hash, digests) if got != want]
     extra = [p.relative_to(directory).as_posix() for p in _files(directory)]
     problems += [f"{name}: not in the manifest (added after the checkpoint was written)"
                  for name in extra if name not in listed]

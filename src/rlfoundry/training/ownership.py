@@ -39,6 +39,7 @@ RESUMABLE_KEYS = (
     "training.overwrite", "training.save_every", "training.keep_last", "training.eval_every",
     "training.device", "training.distributed", "training.on_nonfinite", "logging",
     "data.eval", "data.eval_size", "reference.cache_dir", "algorithm.reward_timeout",
+    "plugins",  # where the code lives; what it registers is used by name in the config
 )
 
 
