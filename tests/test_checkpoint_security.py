@@ -203,6 +203,44 @@ def test_unparseable_manifest_and_state_without_rng_are_clear(run_dir):
         t.train()
 
 
+def _edit_state(name, key, value):
+    def edit(directory):
+        state = state_io.load_state(directory / name)
+        state[key] = value(state[key]) if callable(value) else value
+        state_io.save_state(state, directory / name)
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_edit_state(ckpt.STATE_FILE, "step", "2"), r"malformed trainer state: step \(str, expected int\)"),
+    (_edit_state(ckpt.STATE_FILE, "scheduler", "x"), r"scheduler \(str, expected dict\)"),
+    (_edit_state(ckpt.RNG_FILE, "rng", lambda r: {**r, "torch": r["torch"].float()}),
+     r"random-generator state \(rng_state.safetensors\) is malformed"),
+    (_edit_state(ckpt.RNG_FILE, "rng", lambda r: {**r, "python": (3, (1, 2), None)}),
+     r"random-generator state .* is malformed \(ValueError"),
+    (lambda d: state_io.save_state([1, 2], d / ckpt.STATE_FILE), "holds no run config"),
+    (lambda d: state_io.save_state({"optimizer": {"state": {}, "param_groups": []}},
+                                   d / ckpt.OPTIMIZER_FILE), r"does not fit this run \(ValueError"),
+])
+def test_forged_but_well_formed_state_is_a_clear_error(run_dir, edit, message, capsys):
+    """The attacker rewrites the state files and the manifest: no traceback, exit 2."""
+    for n in (1, 2):
+        edit(step(run_dir, n))
+        reseal(step(run_dir, n))
+    config = yaml_config(run_dir.parent / "c.yaml", run_dir, max_steps=3, save_every=1, keep_last=None)
+    assert main(["train", config, "--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    with pytest.raises(CheckpointError, match=message):
+        train(run_config(run_dir, max_steps=3, save_every=1, keep_last=None, resume="auto"))
+
+
+def test_something_else_in_place_of_the_lock_file_is_a_clear_error(tmp_path):
+    (tmp_path / ownership.LOCK_FILE).mkdir()
+    with pytest.raises(OutputError, match="cannot open the lock file .*Is a directory"):
+        train(run_config(tmp_path, max_steps=1))
+
+
 # ---- item 2: output directory ownership --------------------------------------------------------
 HOLD = """
 import sys, time

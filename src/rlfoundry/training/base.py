@@ -251,7 +251,7 @@ class Trainer:
                 leftovers = ckpt.remove_incomplete(self.output_dir)
                 cfg = self.config.training
                 if cfg.resume is None or (cfg.resume == "auto" and not ckpt.step_dirs(self.output_dir)):
-                    leftovers += ownership.claim(self.output_dir, cfg.overwrite)
+                    leftovers += ownership.claim(self.output_dir, cfg.overwrite, cfg.resume is not None)
             except RLFoundryError as e:
                 error = e
         if self.dist.enabled:
@@ -577,16 +577,19 @@ class Trainer:
         else:
             state = ckpt.load_checkpoint(path, self.model)
         try:
-            if not self.engine.sharded:
-                self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.sampler.load_state_dict(state["sampler"])
-        except (KeyError, ValueError, RuntimeError) as e:  # another run's checkpoint in this output_dir
-            raise CheckpointError(
-                f"checkpoint '{path}' does not fit this run ({type(e).__name__}: {e}); was it made "
-                f"with another model, data set or batch size? Use another training.output_dir or "
-                f"set training.resume to a matching checkpoint"
+            return self._load_loop_state(state)
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
+            raise CheckpointError(  # the config matched (checked before), so the data or the file changed
+                f"checkpoint '{path}' does not fit this run ({type(e).__name__}: {e}); did the data "
+                f"or model files behind the same config change, or was the checkpoint edited? Use "
+                f"another training.output_dir or set training.resume to a matching checkpoint"
             ) from e
+
+    def _load_loop_state(self, state: dict[str, Any]) -> str:
+        if not self.engine.sharded:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])
         ckpt.restore_plain_state(self.loss_fn, state["loss_fn"])
         schedules = state.get("schedules", {})

@@ -47,6 +47,9 @@ RNG_FILE = "rng_state.safetensors"  # random generators, of every rank
 LEGACY_STATE_FILE = "trainer_state.pt"  # the pickle format of rlfoundry < 0.3: never loaded
 PART_KEYS = {OPTIMIZER_FILE: ("optimizer",), RNG_FILE: ("rng", "ranks")}
 REQUIRED_KEYS = ("step", "skipped_steps", "scheduler", "sampler", "rng", "loss_fn", "extra", "config")
+STATE_TYPES = {"step": int, "skipped_steps": int, "skipped_by_cause": dict, "scheduler": dict,
+               "sampler": dict, "rng": dict, "loss_fn": dict, "extra": dict, "config": dict,
+               "optimizer": dict}
 SHARDED_DIR = "sharded"
 POLICY_PREFIX = "model."  # the policy inside the FSDP2 wrapper whose state sharded/ holds
 TMP_PREFIX = ".tmp_step_"
@@ -399,7 +402,8 @@ def load_checkpoint(path: Path, model) -> dict[str, Any]:
 
 def saved_config(path: Path) -> dict[str, Any] | None:
     """The run config stored in checkpoint ``path`` (reads only its small state file)."""
-    config = state_io.load_state(Path(path) / STATE_FILE).get("config")
+    state = state_io.load_state(Path(path) / STATE_FILE)
+    config = state.get("config") if isinstance(state, dict) else None
     return config if isinstance(config, dict) else None
 
 
@@ -424,6 +428,12 @@ def read_state(path: Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"checkpoint '{path}': the trainer state lacks {missing}; "
                               f"{_RESUME_ELSEWHERE}")
+    wrong = [f"{k} ({type(state[k]).__name__}, expected {kind.__name__})"
+             for k, kind in STATE_TYPES.items()
+             if k in state and not (isinstance(state[k], kind) and not isinstance(state[k], bool))]
+    if wrong or state["step"] < 0:
+        raise CheckpointError(f"checkpoint '{path}': malformed trainer state: "
+                              f"{', '.join(wrong) or 'negative step'}; {_RESUME_ELSEWHERE}")
     return state
 
 

@@ -61,7 +61,11 @@ class OutputLock:
 
     def acquire(self) -> None:
         for _ in range(5):  # the file may be replaced under us by a takeover; retry on a new one
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as e:
+                raise OutputError(f"training.output_dir: cannot open the lock file '{self.path}' "
+                                  f"({e.strerror or e}); remove whatever is in its place") from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -226,23 +230,32 @@ def previous_run(output_dir: Path) -> list[Path]:
     return found + ([output_dir / "final"] if (output_dir / "final").exists() else [])
 
 
-def claim(output_dir: Path, overwrite: bool) -> list[Path]:
-    """For a fresh run: refuse ``output_dir`` when it holds another run (unless ``overwrite``,
-    which deletes that run's checkpoints and final/); return what was deleted."""
+def claim(output_dir: Path, overwrite: bool, resuming: bool = False) -> list[Path]:
+    """For a fresh run (or ``resume: auto`` with no checkpoint to resume): refuse ``output_dir``
+    when it holds another run (unless ``overwrite``, which deletes that run's checkpoints and
+    final/); return what was deleted."""
     found = previous_run(output_dir)
     if not found:
         return []
     if not overwrite:
         shown = ", ".join(p.name for p in found[-3:])
+        options = ("it has no checkpoint to resume from; set" if resuming else
+                   "set training.resume=auto to continue it,")
         raise OutputError(
             f"training.output_dir: '{output_dir}' already holds another run ({len(found)} "
-            f"checkpoint/final directories, e.g. {shown}). Set training.resume=auto to continue "
-            f"it, training.overwrite=true (--overwrite) to delete it and start over, or choose "
-            f"another training.output_dir.")
+            f"checkpoint/final directories, e.g. {shown}); {options} training.overwrite=true "
+            f"(--overwrite) to delete it and start over, or choose another training.output_dir.")
     for path in found:
         trash = path.with_name(f".trash_{path.name}_{os.getpid()}")
-        os.replace(path, trash)
-        shutil.rmtree(trash)
+        try:
+            os.replace(path, trash)
+            if trash.is_dir() and not trash.is_symlink():
+                shutil.rmtree(trash)
+            else:
+                trash.unlink()
+        except OSError as e:
+            raise OutputError(f"training.overwrite: could not delete '{path}' ({e.strerror or e}); "
+                              f"delete it by hand or choose another training.output_dir") from e
     logger.warning("training.overwrite: deleted the previous run in %s (%d directories)",
                    output_dir, len(found))
     return found
