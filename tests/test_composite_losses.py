@@ -18,6 +18,7 @@ from rlfoundry.algorithms.loss_functions import (
 from rlfoundry.algorithms.loss_functions.objectives import phrase_positions
 from rlfoundry.config import load_config
 from rlfoundry.errors import ConfigError
+from rlfoundry.training.checkpoint import read_state
 from tests.test_dpo_trainer import float64_trainer, params, run_config
 
 
@@ -246,7 +247,7 @@ def test_dynamic_uncertainty_weights_are_trained_and_checkpointed(tmp_path):
     assert (s != 0).all()  # learned with the model
     assert metrics["weight/sft"] != 1.0  # logged: exp(-s) as used in the last step
     assert metrics["weight/sft"] == pytest.approx(math.exp(-float(s[1])), rel=1e-2)
-    state = torch.load(sorted((tmp_path / "checkpoints").glob("step_*"))[-1] / "trainer_state.pt", weights_only=False)
+    state = read_state(sorted((tmp_path / "checkpoints").glob("step_*"))[-1])
     assert torch.equal(state["loss_fn"]["state_dict"]["log_vars"], s)
 
 

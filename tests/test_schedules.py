@@ -2,10 +2,10 @@ import json
 import math
 
 import pytest
-import torch
 
 from rlfoundry.config import load_config
 from rlfoundry.errors import ConfigError
+from rlfoundry.training.checkpoint import read_state
 from rlfoundry.training.schedules import build_schedule
 from tests.test_dpo_trainer import float64_trainer, run_config
 
@@ -66,5 +66,5 @@ def test_trainer_applies_and_logs_beta_and_lr_controller(tmp_path):
     # lr is logged after the update for the next step: doubled each step up to max_scale 10
     assert [r["lr"] for r in rows] == pytest.approx([2e-3, 4e-3, 8e-3, 10e-3])
     assert t.optimizer.param_groups[0]["lr"] == pytest.approx(10e-3)
-    state = torch.load(tmp_path / "checkpoints" / "step_000004" / "trainer_state.pt", weights_only=False)
+    state = read_state(tmp_path / "checkpoints" / "step_000004")
     assert state["schedules"]["lr"]["attrs"]["current"] == pytest.approx(10.0)

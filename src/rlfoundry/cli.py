@@ -18,7 +18,9 @@ def _train(args) -> int:
     from rlfoundry.config import load_config
     from rlfoundry.training.storage import check_writable
 
-    cfg = load_config(args.config or DEFAULT_RECIPE, args.overrides)
+    flags = ([f"training.resume={args.resume}"] if args.resume else []) + (
+        ["training.overwrite=true"] if args.overwrite else [])
+    cfg = load_config(args.config or DEFAULT_RECIPE, [*args.overrides, *flags])
     check_writable(cfg.training.output_dir)  # before the model is loaded
     trainer = TRAINERS.get(cfg.algorithm.name)(config=cfg)
     try:
@@ -211,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", default=None,
                    help="YAML config file (omit for the built-in DPO demo)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=1e-5")
+    p.add_argument("--resume", metavar="auto|CHECKPOINT",
+                   help="continue a run: 'auto' (newest intact checkpoint of output_dir) or a "
+                   "checkpoint directory (same as training.resume=...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete another run's checkpoints and final/ in output_dir and start over "
+                   "(same as training.overwrite=true)")
     p.set_defaults(func=_train)
     p = sub.add_parser(
         "quickstart", help="the built-in demo: SFT -> GRPO and DPO on a tiny model, with plots and a report",

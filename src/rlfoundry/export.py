@@ -9,27 +9,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from rlfoundry.config.schema import ModelConfig
 from rlfoundry.errors import CheckpointError
 from rlfoundry.training import checkpoint as ckpt
 
 
 def resolve_checkpoint(source: str | Path) -> Path:
-    """``source`` itself when it is a checkpoint, else the newest checkpoint of the run dir."""
+    """``source`` itself when it is a checkpoint, else the newest intact checkpoint of the run
+    dir; either way verified against its manifest (CheckpointError saying what is damaged)."""
     path = Path(source)
-    if (path / ckpt.STATE_FILE).is_file():
-        return path
     if not path.is_dir():
         raise CheckpointError(f"'{source}' does not exist")
-    found = ckpt.list_checkpoints(path)
-    if not found:
+    looks_like_checkpoint = any((path / f).exists() for f in (
+        ckpt.STATE_FILE, ckpt.LEGACY_STATE_FILE, "manifest.json", "model"))
+    if not (path / "checkpoints").is_dir() and not looks_like_checkpoint:
         raise CheckpointError(
             f"'{source}' is neither a checkpoint (no {ckpt.STATE_FILE}) nor a run directory with "
-            f"checkpoints under {path / 'checkpoints'}"
-        )
-    return found[-1]
+            f"checkpoints under {path / 'checkpoints'}")
+    if not (path / "checkpoints").is_dir():
+        problems = ckpt.verify_checkpoint(path)
+        if problems:
+            raise CheckpointError(f"'{source}' is not an intact checkpoint: " + "; ".join(problems))
+        return path
+    found = ckpt.resolve_resume("auto", path)
+    if found is None:
+        raise CheckpointError(f"'{source}' is a run directory without checkpoints under "
+                              f"{path / 'checkpoints'}")
+    return found
 
 
 def load_checkpoint_model(checkpoint: Path):
@@ -41,8 +47,7 @@ def load_checkpoint_model(checkpoint: Path):
     from rlfoundry.models.loading import DTYPES
     from rlfoundry.models.lora import is_adapter_dir
 
-    state = torch.load(checkpoint / ckpt.STATE_FILE, weights_only=False)
-    run = state.get("config") or {}
+    run = ckpt.saved_config(checkpoint) or {}
     model_cfg = ModelConfig.model_validate(run.get("model", {}))
     seed = int(run.get("training", {}).get("seed", 0))
     tokenizer = load_tokenizer(str(checkpoint / "model"))
@@ -68,5 +73,5 @@ def export(source: str | Path, out_dir: str | Path) -> Path:
 
     checkpoint = resolve_checkpoint(source)
     model, tokenizer = load_checkpoint_model(checkpoint)
-    ckpt.save_pretrained(merged_copy(model), tokenizer, Path(out_dir))
+    ckpt.save_model_dir(merged_copy(model), tokenizer, Path(out_dir), "the exported model")
     return checkpoint

@@ -86,7 +86,8 @@ def stage_configs(output_dir: Path, overrides: Sequence[str] = (), fast: bool = 
                  f"logging.progress_bar={str(progress).lower()}"]
         if stage.name == "grpo":
             fixed.append(f"model.name_or_path={output_dir / 'sft' / 'final'}")
-        extra = [*(stage.fast if fast else ()), *per_stage[stage.name], *fixed]
+        # the demo rebuilds its stage directories on every run (unless told otherwise)
+        extra = ["training.overwrite=true", *(stage.fast if fast else ()), *per_stage[stage.name], *fixed]
         try:
             configs[stage.name] = load_config(RECIPES / stage.recipe, extra)
         except ConfigError as e:

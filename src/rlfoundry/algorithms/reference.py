@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from rlfoundry.data.preference import CHOSEN, REJECTED, packed_attention_mask
 from rlfoundry.models.lora import is_peft
 from rlfoundry.ops.lm_head import TokenLogprobs, logprobs_at, response_embeddings, token_logprobs
 from rlfoundry.training import distributed
+
+logger = logging.getLogger(__name__)
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -125,6 +129,19 @@ def sequence_logps(ref: torch.nn.Module | AdapterDisabled, batch: dict) -> torch
         return pair_logps(model, batch)
 
 
+def _read_cache(path: Path) -> torch.Tensor | None:
+    """The cached table at ``path`` (safetensors: never unpickled), or None when it is absent
+    or unreadable (then it is recomputed and rewritten)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))["values"]
+    except Exception as e:  # safetensors raises its own type for a damaged file
+        logger.warning("reference cache %s is unreadable (%s: %s); recomputing it",
+                       path, type(e).__name__, e)
+        return None
+
+
 class ReferenceTable:
     """Per-example reference log-probs ``[N, 2]`` (chosen, rejected), computed once and cached."""
 
@@ -137,8 +154,8 @@ class ReferenceTable:
         this rank's share of the examples; the ranks' shares together cover each example once."""
         model = ref.model if isinstance(ref, AdapterDisabled) else ref
         key = hashlib.sha256((model_fingerprint(model) + data_key).encode()).hexdigest()[:24]
-        path = Path(cache_dir) / f"reference_logps_{key}.pt"
-        cached = torch.load(path) if path.is_file() else None
+        path = Path(cache_dir) / f"reference_logps_{key}.safetensors"
+        cached = _read_cache(path)
         usable = cached is not None and cached.shape == (num_examples, 2)
         if distributed.all_reduce_sum(torch.tensor([int(not usable)])).item() == 0:
             return cls(cached, path, from_cache=True)  # every rank found the cache
@@ -156,7 +173,7 @@ class ReferenceTable:
         if distributed.current().is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            torch.save(values, tmp)
+            save_file({"values": values}, str(tmp))
             tmp.replace(path)
         return cls(values, path)
 

@@ -155,6 +155,9 @@ class TrainingConfig(Section):
     resume: str | None = Field(
         None, description="'auto' (newest complete checkpoint in output_dir), a checkpoint path, or null."
     )
+    overwrite: bool = Field(
+        False, description="Let a new run (no resume) delete the checkpoints and final/ another run "
+        "left in output_dir; without it such a directory is refused.")
     on_nonfinite: Literal["raise", "skip_batch"] = Field(
         "raise",
         description="A NaN/inf loss or gradient: raise an error naming the step and loss component, "

@@ -30,13 +30,21 @@ import torch
 from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
 from rlfoundry.config import RunConfig, load_config
 from rlfoundry.config.schema import AlgorithmConfig
-from rlfoundry.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
+from rlfoundry.errors import (
+    CheckpointError,
+    ConfigError,
+    NonFiniteError,
+    OutputError,
+    RLFoundryError,
+    TrainingInterrupted,
+)
 from rlfoundry.models import load_model, load_tokenizer, prepare_policy
 from rlfoundry.training import checkpoint as ckpt
-from rlfoundry.training import distributed
+from rlfoundry.training import distributed, ownership
 from rlfoundry.training.logger import MetricsLogger, NullLogger
 from rlfoundry.training.metrics import WeightedMean, nonfinite_keys, split_timings
 from rlfoundry.training.optim import build_optimizer, build_scheduler
+from rlfoundry.training.ownership import OutputLock
 from rlfoundry.training.parallel import ParallelPolicy
 from rlfoundry.training.precision import autocast, check_precision, grad_scaler
 from rlfoundry.training.sampler import EpochSampler
@@ -227,12 +235,36 @@ class Trainer:
         SIGTERM/SIGINT stop the run after the current step with a checkpoint and raise
         :class:`TrainingInterrupted` (see :mod:`rlfoundry.training.signals`).
         """
-        leftovers: list[Path] = []
+        lock = OutputLock(self.output_dir)  # rank 0 holds it for the run (see ownership)
+        try:
+            leftovers = self._claim_output_dir(lock)
+            with StopRequest() as stop, exits_as_errors(self._blame, _EXIT_HINT):
+                return self._train(dataset, eval_dataset, stop, leftovers)
+        finally:
+            lock.release()
+
+    def _claim_output_dir(self, lock: OutputLock) -> list[Path]:
+        """Rank 0: check output_dir is writable, lock it, delete killed writers' leftovers and
+        refuse another run's directory (unless resume/overwrite); every rank raises the same
+        error. Returns the deleted leftovers."""
+        leftovers, error = [], None
         if self.dist.is_main:
-            check_writable(self.output_dir)  # before any time is spent on data or steps
-            leftovers = ckpt.remove_incomplete(self.output_dir)
-        with StopRequest() as stop, exits_as_errors(self._blame, _EXIT_HINT):
-            return self._train(dataset, eval_dataset, stop, leftovers)
+            try:
+                check_writable(self.output_dir)  # before any time is spent on data or steps
+                lock.acquire()
+                leftovers = ckpt.remove_incomplete(self.output_dir)
+                cfg = self.config.training
+                if cfg.resume is None or (cfg.resume == "auto" and not ckpt.step_dirs(self.output_dir)):
+                    leftovers += ownership.claim(self.output_dir, cfg.overwrite, cfg.resume is not None)
+            except RLFoundryError as e:
+                error = e
+        if self.dist.enabled:
+            message = distributed.broadcast_object(None if error is None else str(error))
+            if message is not None and error is None:
+                raise OutputError(message)
+        if error is not None:
+            raise error
+        return leftovers
 
     def _blame(self, error: BaseException) -> str:
         """Who exited: "step N: the loss 'type' (module:Class)", or user code elsewhere."""
@@ -253,6 +285,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.trainable_parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
+        if resume_from is not None:
+            ownership.check_same_run(resume_from, ckpt.saved_config(resume_from),
+                                     self.config.model_dump(mode="json"))
         note = self._restore(resume_from) if resume_from is not None else ""
         self.saved_step = self.step if resume_from is not None else None
         self.logger = (MetricsLogger(self.output_dir, self.config.logging, self.total_steps, self.step,
@@ -260,7 +295,7 @@ class Trainer:
                                      desc=self.config.algorithm.name)
                        if self.dist.is_main else NullLogger())
         for path in leftovers:
-            self.logger.write(f"deleted the partial checkpoint {path} left by an interrupted run")
+            self.logger.write(f"deleted {path} (left by an interrupted or overwritten run)")
         if resume_from is not None:
             self.logger.write(f"resumed from {resume_from} at step {self.step}{note}")
         metrics: dict[str, float] = {}
@@ -483,6 +518,7 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Write checkpoint ``step`` (rank 0 writes; FSDP2 ranks each write their shards)."""
+        self._refuse_nonfinite(f"the checkpoint of step {self.step}")
         state = {
             "step": self.step,
             "skipped_steps": self.skipped_steps,
@@ -520,14 +556,23 @@ class Trainer:
         from rlfoundry.models.lora import merged_copy
 
         final = self.output_dir / "final"
+        self._refuse_nonfinite("final/")
         if self.engine.sharded:
             full = ckpt.full_state_dict(self.engine.root)  # collective; rank 0 holds the tensors
             if self.dist.is_main:
-                ckpt.save_pretrained(merged_copy(self.plain_policy(full)), self.tokenizer, final)
+                ckpt.save_model_dir(merged_copy(self.plain_policy(full)), self.tokenizer, final)
         elif self.dist.is_main:
-            ckpt.save_pretrained(merged_copy(self.model), self.tokenizer, final)
+            ckpt.save_model_dir(merged_copy(self.model), self.tokenizer, final)
         distributed.barrier()
         return final
+
+    def _refuse_nonfinite(self, what: str) -> None:
+        """NonFiniteError (on every rank) when any weight is NaN/inf: never save such a model."""
+        bad = ckpt.nonfinite_parameters(self.model, self.extra_modules(), self.loss_parameters())
+        if self.dist.enabled:
+            bad = sorted({b for rank in distributed.all_gather_object(bad) for b in rank})
+        found = ckpt.list_checkpoints(self.output_dir) if bad else []
+        ckpt.refuse_nonfinite(bad, what, self.step, found[-1] if found else None)
 
     def plain_policy(self, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
         """A new, unsharded policy on the CPU holding ``state_dict`` (to save FSDP2 weights)."""
@@ -545,16 +590,19 @@ class Trainer:
         else:
             state = ckpt.load_checkpoint(path, self.model)
         try:
-            if not self.engine.sharded:
-                self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.sampler.load_state_dict(state["sampler"])
-        except (KeyError, ValueError, RuntimeError) as e:  # another run's checkpoint in this output_dir
-            raise CheckpointError(
-                f"checkpoint '{path}' does not fit this run ({type(e).__name__}: {e}); was it made "
-                f"with another model, data set or batch size? Use another training.output_dir or "
-                f"set training.resume to a matching checkpoint"
+            return self._load_loop_state(state)
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
+            raise CheckpointError(  # the config matched (checked before), so the data or the file changed
+                f"checkpoint '{path}' does not fit this run ({type(e).__name__}: {e}); did the data "
+                f"or model files behind the same config change, or was the checkpoint edited? Use "
+                f"another training.output_dir or set training.resume to a matching checkpoint"
             ) from e
+
+    def _load_loop_state(self, state: dict[str, Any]) -> str:
+        if not self.engine.sharded:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])
         ckpt.restore_plain_state(self.loss_fn, state["loss_fn"])
         schedules = state.get("schedules", {})

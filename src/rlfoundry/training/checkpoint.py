@@ -1,9 +1,16 @@
-"""Atomic, resumable checkpoints in Hugging Face format.
+"""Atomic, verified, resumable checkpoints in Hugging Face format.
 
-Layout: ``<output_dir>/checkpoints/step_000120/{model/, trainer_state.pt}``. A checkpoint is
-written into a temporary sibling directory, synced to disk and renamed into place only when
-complete, so a crash mid-write never leaves a directory that ``resume: auto`` would pick up;
-the leftovers of killed writers are deleted when the next run starts.
+Layout: ``<output_dir>/checkpoints/step_000120/{model/, trainer_state.safetensors,
+optimizer.safetensors, rng_state.safetensors, manifest.json}``. A checkpoint is written into a
+temporary sibling directory, synced to disk, sealed with a manifest (size and SHA-256 of every
+file, see :mod:`rlfoundry.training.manifest`) and renamed into place only when complete, so a
+crash mid-write never leaves a directory that ``resume: auto`` would pick up; the leftovers of
+killed writers are deleted when the next run starts. ``final/`` is written the same way.
+
+Trainer state is stored without pickle (:mod:`rlfoundry.training.state_io`); checkpoints of
+rlfoundry versions that wrote ``trainer_state.pt`` (a pickle, which can run code when loaded)
+are refused. ``resume: auto`` verifies the newest checkpoint against its manifest and falls
+back to the newest intact one, warning about each it skipped and why.
 
 ``model/`` holds the full weights, or only the adapter when LoRA is used. Under FSDP2 every
 rank writes its own shards of the model and optimizer with ``torch.distributed.checkpoint``
@@ -26,18 +33,29 @@ from typing import Any
 
 import torch
 
-from rlfoundry.errors import CheckpointError
+from rlfoundry.errors import CheckpointError, NonFiniteError
+from rlfoundry.training import manifest, state_io
+from rlfoundry.training.ownership import config_fingerprint
 from rlfoundry.training.storage import describe_write_failure
 
 logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = "trainer_state.safetensors"  # loop, schedules, loss, algorithm state, run config
+OPTIMIZER_FILE = "optimizer.safetensors"  # the optimizer state (under FSDP2: in sharded/)
+RNG_FILE = "rng_state.safetensors"  # random generators, of every rank
+LEGACY_STATE_FILE = "trainer_state.pt"  # the pickle format of rlfoundry < 0.3: never loaded
+PART_KEYS = {OPTIMIZER_FILE: ("optimizer",), RNG_FILE: ("rng", "ranks")}
+REQUIRED_KEYS = ("step", "skipped_steps", "scheduler", "sampler", "rng", "loss_fn", "extra", "config")
+STATE_TYPES = {"step": int, "skipped_steps": int, "skipped_by_cause": dict, "scheduler": dict,
+               "sampler": dict, "rng": dict, "loss_fn": dict, "extra": dict, "config": dict,
+               "optimizer": dict}
 SHARDED_DIR = "sharded"
 POLICY_PREFIX = "model."  # the policy inside the FSDP2 wrapper whose state sharded/ holds
 TMP_PREFIX = ".tmp_step_"
 TRASH_PREFIX = ".trash_"
 LEFTOVER = re.compile(r"^\.(?:tmp|trash)_.*_(\d+)$")
+FINAL_LEFTOVER = re.compile(r"^\.(?:tmp|trash)_final_(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -48,10 +66,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    """Restore :func:`rng_state`; CheckpointError when the stored state is malformed."""
+    try:
+        random.setstate(state["python"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"the checkpoint's random-generator state ({RNG_FILE}) is malformed "
+                              f"({type(e).__name__}: {e}); {_RESUME_ELSEWHERE}") from e
 
 
 def plain_state(obj: Any) -> dict[str, Any]:
@@ -100,16 +123,63 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: 
         if tmp.exists():
             shutil.rmtree(tmp)
         save_pretrained(model, tokenizer, tmp / "model")
-        torch.save(state, tmp / STATE_FILE)
-        _fsync_tree(tmp)
+        write_state(state, tmp)
+        _seal(tmp, step, state)
         _publish(tmp, final)
+    except state_io.UnsupportedState as e:
+        raise CheckpointError(f"could not write the checkpoint of step {step}: {e}"
+                              + _discard(tmp)) from e
     except Exception as e:  # the writers report a full disk with different exception types
         message = describe_write_failure(f"the checkpoint of step {step}", root, e)
         leftover = _discard(tmp)
         raise CheckpointError(message + leftover) from e
     if keep_last:
-        prune_checkpoints(output_dir, keep_last)
+        prune_checkpoints(output_dir, keep_last, _fingerprint(state))
     return final
+
+
+def write_state(state: dict[str, Any], directory: Path) -> None:
+    """The trainer state as three pickle-free files: optimizer, RNG, and the rest."""
+    rest = dict(state)
+    for name, keys in PART_KEYS.items():
+        part = {k: rest.pop(k) for k in keys if k in rest}
+        if part:
+            state_io.save_state(part, directory / name)
+    state_io.save_state(rest, directory / STATE_FILE)
+
+
+def _fingerprint(state: dict[str, Any]) -> str | None:
+    return config_fingerprint(state["config"]) if isinstance(state.get("config"), dict) else None
+
+
+def _seal(tmp: Path, step: int | None, state: dict[str, Any] | None) -> None:
+    """Sync every file, then write the manifest (synced) last."""
+    _fsync_tree(tmp)
+    info: dict[str, Any] = {"step": step}
+    if state is not None:
+        info["config_fingerprint"] = _fingerprint(state)
+    manifest.write_manifest(tmp, info)
+    _fsync_dir(tmp)
+
+
+def save_model_dir(model, tokenizer, directory: str | Path, what: str = "the final model") -> Path:
+    """Write a plain Hugging Face directory atomically: into ``.tmp_<name>_<pid>`` beside it,
+    synced and sealed with a manifest, then renamed into place (an older copy is renamed aside
+    first and deleted after). On failure nothing is left at ``directory`` that was not there
+    before (an older copy stays) and :class:`CheckpointError` says why."""
+    directory = Path(directory)
+    tmp = directory.with_name(f"{TMP_PREFIX.replace('_step_', '_')}{directory.name}_{os.getpid()}")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_pretrained(model, tokenizer, tmp)
+        _seal(tmp, None, None)
+        _publish(tmp, directory)
+    except Exception as e:  # the writers report a full disk with different exception types
+        message = describe_write_failure(f"{what} ('{directory.name}')", directory.parent, e)
+        raise CheckpointError(message + _discard(tmp)) from e
+    return directory
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -157,15 +227,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints; return the deleted ones.
+def prune_checkpoints(output_dir: str | Path, keep_last: int,
+                      fingerprint: str | None = None) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints of this run (those whose
+    manifest carries ``fingerprint``; another run's checkpoints are never touched); return the
+    deleted ones.
 
     Each is renamed away before it is deleted, so an interrupted deletion never leaves a
     half-deleted ``step_N`` that looks complete. Failures are logged, not raised: training
     goes on with an extra checkpoint on disk.
     """
     removed = []
-    for old in list_checkpoints(output_dir)[:-keep_last]:
+    ours = [p for p in list_checkpoints(output_dir) if _manifest_fingerprint(p) == fingerprint]
+    for old in ours[:-keep_last]:
         trash = old.with_name(f"{TRASH_PREFIX}{old.name}_{os.getpid()}")
         try:
             os.replace(old, trash)
@@ -177,15 +251,22 @@ def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
     return removed
 
 
+def _manifest_fingerprint(path: Path) -> str | None:
+    try:
+        return manifest.read_manifest(path).get("config_fingerprint")
+    except ValueError:
+        return None
+
+
 def remove_incomplete(output_dir: str | Path) -> list[Path]:
-    """Delete partial checkpoint directories left by killed runs (``.tmp_*`` and ``.trash_*``
-    whose writer process is gone); return them. ``resume: auto`` never reads them anyway."""
+    """Delete partial checkpoint and final/ directories left by killed runs (``.tmp_*`` and
+    ``.trash_*`` whose writer process is gone); return them. Nothing ever reads them."""
     root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
+    candidates = [(p, LEFTOVER.match(p.name)) for p in root.iterdir()] if root.is_dir() else []
+    if Path(output_dir).is_dir():
+        candidates += [(p, FINAL_LEFTOVER.match(p.name)) for p in Path(output_dir).iterdir()]
     removed = []
-    for p in root.iterdir():
-        m = LEFTOVER.match(p.name)
+    for p, m in candidates:
         if not (m and p.is_dir()) or _alive(int(m.group(1))):
             continue
         try:
@@ -210,31 +291,82 @@ def _alive(pid: int) -> bool:
 
 
 def is_complete(path: Path) -> bool:
-    """A published checkpoint: trainer state and model weights (or FSDP2 shards) are present."""
-    return (path / STATE_FILE).is_file() and (
-        any((path / "model").glob("*.safetensors")) or (path / SHARDED_DIR).is_dir())
+    """A published checkpoint: its manifest (written last) is there. Whether its files are
+    intact is :func:`verify_checkpoint`'s question."""
+    return (path / manifest.MANIFEST).is_file()
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Published checkpoints, oldest first."""
+    return [p for p in step_dirs(output_dir) if is_complete(p)]
+
+
+def step_dirs(output_dir: str | Path) -> list[Path]:
+    """Every ``step_N`` directory, complete or not, oldest first."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name) and is_complete(p)]
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
+def verify_checkpoint(path: Path) -> list[str]:
+    """What is wrong with checkpoint ``path`` ('file: reason' each; [] when it is intact)."""
+    path = Path(path)
+    if (path / LEGACY_STATE_FILE).is_file() and not (path / STATE_FILE).is_file():
+        return [f"{LEGACY_STATE_FILE}: written by an older rlfoundry as a pickle, which can run "
+                f"code when loaded; it is not loaded (see docs/reliability.md, 'Checkpoint "
+                f"format')"]
+    sharded = (path / SHARDED_DIR).is_dir()
+    required = (STATE_FILE, RNG_FILE) + ((f"{SHARDED_DIR}/.metadata",) if sharded else (OPTIMIZER_FILE,))
+    problems = manifest.verify(path, required)
+    if not problems:
+        step = manifest.read_manifest(path).get("step")
+        m = STEP_DIR.match(path.name)
+        if m and step != int(m.group(1)):
+            problems.append(f"{manifest.MANIFEST}: written for step {step}, not {int(m.group(1))}")
+    return problems
+
+
+def find_resumable(output_dir: str | Path) -> tuple[Path | None, dict[Path, list[str]]]:
+    """The newest intact checkpoint of ``output_dir`` (None if none) and the problems of each
+    newer one that was skipped (or of every one, when none is intact)."""
+    skipped: dict[Path, list[str]] = {}
+    for path in reversed(step_dirs(output_dir)):
+        problems = verify_checkpoint(path)
+        if not problems:
+            return path, skipped
+        skipped[path] = problems
+    return None, skipped
+
+
+def _problem_list(skipped: dict[Path, list[str]]) -> str:
+    return "\n".join(f"  {p}: " + "; ".join(problems) for p, problems in skipped.items())
+
+
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """'auto' -> newest complete checkpoint (or None); a path -> that checkpoint."""
+    """'auto' -> newest intact checkpoint (None when there is none at all), warning about each
+    damaged newer one it skips; a path -> that checkpoint, which must be intact."""
     if resume is None:
         return None
     if resume == "auto":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        found, skipped = find_resumable(output_dir)
+        if found is None and skipped:
+            raise CheckpointError(
+                f"training.resume=auto: no intact checkpoint under '{Path(output_dir) / 'checkpoints'}':\n"
+                f"{_problem_list(skipped)}\nDelete the damaged ones to start over, or set "
+                f"training.resume to a checkpoint you have a good copy of")
+        if skipped:
+            logger.warning("resume: skipped damaged checkpoint(s), resuming from %s:\n%s",
+                           found, _problem_list(skipped))
+        return found
     path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"training.resume: '{resume}' is not a checkpoint directory "
-                              f"(no {STATE_FILE})")
+    if not path.is_dir():
+        raise CheckpointError(f"training.resume: '{resume}' is not a checkpoint directory")
+    problems = verify_checkpoint(path)
+    if problems:
+        raise CheckpointError(f"training.resume: checkpoint '{resume}' is damaged or incomplete: "
+                              + "; ".join(problems))
     return path
 
 
@@ -251,6 +383,9 @@ def load_checkpoint(path: Path, model) -> dict[str, Any]:
     adapter = is_adapter_dir(path / "model")
     weights = {}
     state = read_state(path)
+    if "optimizer" not in state:
+        raise CheckpointError(f"checkpoint '{path}' has no optimizer state ({OPTIMIZER_FILE} is "
+                              f"missing)")
     try:
         for f in [] if adapter else sorted((path / "model").glob("*.safetensors")):
             weights.update(load_file(f))
@@ -265,12 +400,45 @@ def load_checkpoint(path: Path, model) -> dict[str, Any]:
     return state
 
 
+def saved_config(path: Path) -> dict[str, Any] | None:
+    """The run config stored in checkpoint ``path`` (reads only its small state file)."""
+    state = state_io.load_state(Path(path) / STATE_FILE)
+    config = state.get("config") if isinstance(state, dict) else None
+    return config if isinstance(config, dict) else None
+
+
 def read_state(path: Path) -> dict[str, Any]:
-    """The trainer state of checkpoint ``path``; CheckpointError when it cannot be read."""
-    try:
-        return torch.load(path / STATE_FILE, weights_only=False)
-    except Exception as e:  # pickle and torch raise many types for a damaged file
-        raise CheckpointError(_unreadable(path, e)) from e
+    """The trainer state of checkpoint ``path`` (its three state files merged; never
+    unpickled); CheckpointError naming the file when one is missing or cannot be read."""
+    path = Path(path)
+    if (path / LEGACY_STATE_FILE).is_file() and not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"checkpoint '{path}': {verify_checkpoint(path)[0]}")
+    state: dict[str, Any] = {}
+    for name in (STATE_FILE, RNG_FILE, OPTIMIZER_FILE):
+        if not (path / name).is_file():
+            if name == OPTIMIZER_FILE:
+                continue  # FSDP2 keeps it in sharded/; load_checkpoint demands it otherwise
+            raise CheckpointError(f"checkpoint '{path}': {name} is missing; "
+                                  f"{_RESUME_ELSEWHERE}")
+        part = state_io.load_state(path / name)
+        if not isinstance(part, dict):
+            raise CheckpointError(f"checkpoint '{path}': {name} does not hold a mapping")
+        state.update(part)
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint '{path}': the trainer state lacks {missing}; "
+                              f"{_RESUME_ELSEWHERE}")
+    wrong = [f"{k} ({type(state[k]).__name__}, expected {kind.__name__})"
+             for k, kind in STATE_TYPES.items()
+             if k in state and not (isinstance(state[k], kind) and not isinstance(state[k], bool))]
+    if wrong or state["step"] < 0:
+        raise CheckpointError(f"checkpoint '{path}': malformed trainer state: "
+                              f"{', '.join(wrong) or 'negative step'}; {_RESUME_ELSEWHERE}")
+    return state
+
+
+_RESUME_ELSEWHERE = ("delete it to resume from the one before, or set training.resume to "
+                     "another checkpoint")
 
 
 def _unreadable(path: Path, error: BaseException) -> str:
@@ -330,15 +498,18 @@ def save_sharded_checkpoint(output_dir: str | Path, step: int, root, optimizer, 
         distributed.barrier()
         model_state, optim_state = get_state_dict(root, optimizer)
         dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / SHARDED_DIR)
-        if main:
-            torch.save(state, tmp / STATE_FILE)
-            _fsync_tree(tmp)
+        if main:  # dcp.save returned: every rank's shards are written
+            write_state(state, tmp)
+            _seal(tmp, step, state)
             _publish(tmp, final)
+    except state_io.UnsupportedState as e:
+        raise CheckpointError(f"could not write the sharded checkpoint of step {step}: {e}"
+                              + (_discard(tmp) if main else "")) from e
     except Exception as e:  # the writers report a full disk with different exception types
         message = describe_write_failure(f"the sharded checkpoint of step {step}", where, e)
         raise CheckpointError(message + (_discard(tmp) if main else "")) from e
     if main and keep_last:
-        prune_checkpoints(output_dir, keep_last)
+        prune_checkpoints(output_dir, keep_last, _fingerprint(state))
     return final
 
 
@@ -384,3 +555,37 @@ def full_state_dict(root) -> dict[str, torch.Tensor]:
 
     return policy_weights(get_model_state_dict(
         root, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+
+
+def nonfinite_parameters(model: torch.nn.Module, extra_modules: list[torch.nn.Module] = (),
+                         loss_parameters: list[torch.Tensor] = ()) -> list[str]:
+    """Names of the parameters and floating buffers holding NaN/inf (this rank's shards under
+    FSDP2), each with its counts; one device sync for the lot."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    named += [(f"extra_modules[{i}].{n}", t) for i, m in enumerate(extra_modules)
+              for n, t in [*m.named_parameters(), *m.named_buffers()]]
+    named += [(f"loss_parameters[{i}]", t) for i, t in enumerate(loss_parameters)]
+    named = [(n, t.detach().to_local() if hasattr(t, "to_local") else t.detach())
+             for n, t in named if t.is_floating_point() or t.is_complex()]
+    named = [(n, t) for n, t in named if t.numel()]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    bad = []
+    for (name, t), ok in zip(named, flags):
+        if not ok:
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            bad.append(f"{name} ({nan} NaN, {inf} inf of {t.numel()})")
+    return bad
+
+
+def refuse_nonfinite(bad: list[str], what: str, step: int, last_good: Path | None) -> None:
+    """NonFiniteError when ``bad`` (from :func:`nonfinite_parameters`) is not empty."""
+    if not bad:
+        return
+    kept = f"the last good checkpoint, {last_good}, is untouched" if last_good else "no checkpoint exists"
+    raise NonFiniteError(
+        f"step {step}: the model holds non-finite values, in {', '.join(bad[:5])}"
+        f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; refusing to write {what} ({kept}). "
+        f"Lower training.learning_rate or check the optimizer settings and data, then resume "
+        f"from the last good checkpoint.")
