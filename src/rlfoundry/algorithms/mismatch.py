@@ -139,7 +139,8 @@ def mismatch_sums(trainer_logp: torch.Tensor, engine_logp: torch.Tensor, mask: t
 
 class MismatchTally:
     """Adds up :func:`mismatch_sums` over a step's micro-batches; ``metrics`` reduces them
-    (``reduce``: e.g. a sum over ranks) into the logged token means."""
+    (``reduce``: e.g. a sum over ranks; every rank must call it) into the logged token means
+    and starts over. No response token tallied: no metrics."""
 
     def __init__(self) -> None:
         self.sums: torch.Tensor | None = None
@@ -155,7 +156,9 @@ class MismatchTally:
         if reduce is not None:
             sums = reduce(sums)
         abs_diff, kl, weight, affected, tokens = (float(v) for v in sums)
-        n = max(tokens, 1.0)
+        if tokens == 0:  # nothing tallied (e.g. a micro_step override that skips it)
+            return {}
+        n = tokens
         out = {"mismatch/abs_logp_diff": abs_diff / n, "mismatch/kl": kl / n}
         if mode != "none":
             out["mismatch/weight_mean"] = weight / n
