@@ -120,3 +120,28 @@ def test_training_buffer_state_round_trip_collates_the_same(tmp_path):
     rows = list(range(len(t.buffer)))[::-1]
     assert same(restored.collate(rows), t.buffer.collate(rows))
     assert same(restored, t.buffer)
+
+
+def test_ranks_scored_records_join_in_rank_order():
+    from types import SimpleNamespace
+
+    from rlfoundry.rollout.scoring import concat_scored
+
+    def part(offset, n, reasons, counts, answers):
+        ro = Rollout(prompt_index=[offset] * n, prompt_ids=[[1]] * n, completion_ids=[[2, 3]] * n,
+                     sampling_logprobs=[[-0.1, -0.2]] * n, truncated=[False] * n, seconds=offset + 1.0)
+        return ScoredRollout(rollout=ro, prompts=["p"] * n, responses=[f"r{offset}"] * n,
+                             columns={"answer": answers}, rewards=torch.full((n,), float(offset)),
+                             per_function={"f": torch.full((n,), float(offset))}, reasons=reasons,
+                             reason_counts=counts)
+
+    a = part(0, 2, {"f": ["timeout", None]}, {"reward/f/timeout": 1.0}, ["1", "1"])
+    b = part(1, 2, {}, {}, [None, None])  # this rank's rows have no answer column
+    rows = [SimpleNamespace(extras={"answer": "1"})] * 2 + [SimpleNamespace(extras={})] * 2
+    joined = concat_scored(pickle.loads(pickle.dumps([a, b])), rows)
+    assert joined.rollout.prompt_index == [0, 0, 1, 1] and joined.rollout.seconds == 2.0
+    assert joined.responses == ["r0", "r0", "r1", "r1"]
+    assert joined.rewards.tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert joined.reasons == {"f": ["timeout", None, None, None]}
+    assert joined.reason_counts == {"reward/f/timeout": 1.0}
+    assert joined.columns == {"answer": ["1", "1", None, None], "completion_lengths": [2, 2, 2, 2]}

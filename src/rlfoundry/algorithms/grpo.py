@@ -104,7 +104,8 @@ class GRPOTrainer(Trainer):
         if self.loss_fn.cfg.get("value_loss_coef", 0.0) > 0:  # starts at 0 (weight and bias)
             dtype = next(self.model.parameters()).dtype
             self.value_head = torch.nn.Linear(self.model.config.hidden_size, 1).to(self.device, dtype)
-            torch.nn.init.zeros_(self.value_head.weight), torch.nn.init.zeros_(self.value_head.bias)
+            for p in self.value_head.parameters():
+                torch.nn.init.zeros_(p)
         self.buffer: TrainingBuffer | None = None
         self.iteration = 0
         self.rollout_metrics: dict[str, Any] = {}
@@ -367,7 +368,6 @@ class GRPOTrainer(Trainer):
                                 self.config.algorithm.reward_timeout) if self.dist.is_main else None)
         return distributed.broadcast_object(metrics)
 
-    # ---- state ---------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         return {"buffer": None if self.buffer is None else self.buffer.to_state(),
                 "iteration": self.iteration, "rollout_round": self.rollout_round,

@@ -30,8 +30,10 @@ class ScoredRollout:
     """Stage-2 record: the samples of one rollout round with their rewards.
 
     ``rewards`` is ``[N]`` float64 (NaN = no reward, e.g. ``reward_error: skip``);
-    ``per_function`` holds each reward function's unweighted scores; ``reason_counts`` the
-    ``reward/<name>/<reason>`` counts; ``nonfinite`` describes a NaN/inf reward (or is None)."""
+    ``per_function`` holds each reward function's unweighted scores; ``reasons`` /
+    ``details`` each function's per-sample explanation (None: nothing said), for functions
+    that give one; ``reason_counts`` the ``reward/<name>/<reason>`` counts; ``nonfinite``
+    describes a NaN/inf reward (or is None)."""
 
     rollout: Rollout
     prompts: list[Any]  # the rendered prompt of each sample
@@ -39,6 +41,8 @@ class ScoredRollout:
     columns: dict[str, list[Any]]  # data columns of each sample's row, plus completion_lengths
     rewards: torch.Tensor
     per_function: dict[str, torch.Tensor] = field(default_factory=dict)
+    reasons: dict[str, list[str | None]] = field(default_factory=dict)
+    details: dict[str, list[str | None]] = field(default_factory=dict)
     reason_counts: dict[str, float] = field(default_factory=dict)
     nonfinite: str | None = None
 
@@ -78,6 +82,7 @@ def score(rollout: Rollout, examples: Sequence[Any], prompts: list[Any], respons
     result, nonfinite = score_fn(prompts, responses, columns, sample_ids)
     return ScoredRollout(rollout=rollout, prompts=prompts, responses=responses, columns=columns,
                          rewards=result.total, per_function=result.per_function,
+                         reasons=dict(result.reasons), details=dict(result.details),
                          reason_counts=result.reason_counts(), nonfinite=nonfinite)
 
 
@@ -128,9 +133,17 @@ def concat_scored(parts: list[ScoredRollout], examples: Sequence[Any]) -> Scored
         columns=sample_columns(examples, rollout),
         rewards=torch.cat([p.rewards for p in parts]),
         per_function={k: torch.cat([p.per_function[k] for p in parts]) for k in parts[0].per_function},
+        reasons=_join_per_sample([p.reasons for p in parts], [len(p) for p in parts]),
+        details=_join_per_sample([p.details for p in parts], [len(p) for p in parts]),
         reason_counts=dict(sorted(counts.items())),
         nonfinite=next((p.nonfinite for p in parts if p.nonfinite), None),
     )
+
+
+def _join_per_sample(maps: list[dict[str, list[Any]]], sizes: list[int]) -> dict[str, list[Any]]:
+    """Per-function per-sample lists of several parts as one (None where a part has none)."""
+    names = dict.fromkeys(k for m in maps for k in m)
+    return {k: [x for m, n in zip(maps, sizes) for x in m.get(k, [None] * n)] for k in names}
 
 
 def nanmean(x: torch.Tensor) -> torch.Tensor:
