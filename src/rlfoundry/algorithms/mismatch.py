@@ -146,7 +146,7 @@ class MismatchTally:
         self.sums: torch.Tensor | None = None
 
     def add(self, sums: torch.Tensor) -> None:
-        sums = sums.detach().cpu()
+        sums = sums.detach()  # stays on its device until the step's metrics are read
         self.sums = sums if self.sums is None else self.sums + sums
 
     def metrics(self, mode: str, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -155,7 +155,7 @@ class MismatchTally:
         self.sums = None
         if reduce is not None:
             sums = reduce(sums)
-        abs_diff, kl, weight, affected, tokens = (float(v) for v in sums)
+        abs_diff, kl, weight, affected, tokens = sums.tolist()
         if tokens == 0:  # nothing tallied (e.g. a micro_step override that skips it)
             return {}
         n = tokens
