@@ -368,3 +368,19 @@ def test_masked_tokens_get_zero_gradient(tmp_path, level):
     assert live.any() and (grad[live] != 0).all()
     (rec,) = records(tmp_path)
     assert rec["mismatch/masked_frac"] == pytest.approx(int(dropped.sum()) / int(mask.sum()))
+
+
+def test_cli_override_turns_the_correction_on(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from rlfoundry.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert main(["train", "examples/configs/grpo_max.yaml", f"training.output_dir={tmp_path}",
+                 "model.name_or_path=builtin:tiny", "training.max_steps=1", "training.batch_size=2",
+                 "data.train_size=8", "data.eval_size=2", "logging.progress_bar=false",
+                 "algorithm.rollout_correction.mode=tis",
+                 "algorithm.rollout_correction.level=sequence"]) == 0
+    (rec,) = records(tmp_path)
+    assert rec["mismatch/truncated_frac"] == 0.0 and rec["mismatch/abs_logp_diff"] < 1e-5
+    assert rec["mismatch/weight_mean"] == pytest.approx(1.0, abs=1e-4)
