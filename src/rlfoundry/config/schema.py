@@ -311,6 +311,22 @@ class DynamicSamplingConfig(Section):
     max_rounds: int = Field(3, gt=0, description="Extra sampling rounds per step at most.")
 
 
+class RolloutCorrectionConfig(Section):
+    """GRPO: correct for engine/trainer log-prob mismatch (docs/rollout_correction.md)."""
+
+    mode: Literal["none", "tis", "mask"] = Field(
+        "none", description="none: only log the mismatch; tis: weight each token's policy "
+        "gradient by min(trainer/engine probability ratio, threshold) (truncated importance "
+        "sampling); mask: zero the weight of tokens/sequences whose ratio leaves "
+        "[low_threshold, threshold].")
+    level: Literal["token", "sequence"] = Field(
+        "token", description="Ratio per token, or per sequence: exp(sum over its tokens of "
+        "trainer log-prob - engine log-prob), applied to all of its tokens.")
+    threshold: float = Field(2.0, gt=1, description="tis: the cap C; mask: the upper bound.")
+    low_threshold: float | None = Field(
+        None, ge=0, description="mask: the lower bound (null: 1 / threshold).")
+
+
 class AlgorithmConfig(Section):
     name: str = Field("dpo", description="Registered trainer: 'dpo', 'grpo', 'sft', or a custom one.")
     beta: float | None = Field(
@@ -352,6 +368,9 @@ class AlgorithmConfig(Section):
         "performance, semantic, dynamic, multi_criteria, adaptive, context (alias dialogue), or "
         "your own (docs/tutorials/custom_grouping.md).")
     grouping: GroupingConfig = Field(default_factory=GroupingConfig, description="GRPO: grouping options.")
+    rollout_correction: RolloutCorrectionConfig = Field(
+        default_factory=RolloutCorrectionConfig,
+        description="GRPO: train/inference mismatch correction (TIS or masking) and its metrics.")
     clip_ratio: float | None = Field(None, gt=0, description="GRPO: PPO clip range.")
     value_loss_coef: float | None = Field(None, ge=0, description="GRPO: value-head loss weight.")
     entropy_coef: float | None = Field(None, description="GRPO: entropy bonus weight.")
@@ -369,6 +388,7 @@ class RolloutConfig(Section):
 GRPO_ONLY_FIELDS = ("group_size", "num_generations", "num_iterations", "rewards", "reward_error",
                     "reward_timeout",
                     "sampling", "advantage", "dynamic_sampling", "group_strategy", "grouping",
+                    "rollout_correction",
                     "clip_ratio", "value_loss_coef", "entropy_coef")
 TRAINING_ALIASES = ("learning_rate", "max_grad_norm", "warmup_steps")
 

@@ -14,7 +14,10 @@ padded to ``T`` response positions:
 - ``batch["reference_logprobs"]`` ``[B, T]``: needed when ``reference_policy_kl_penalty > 0``;
 - optional, by option: ``model_outputs["entropy"]`` ``[B, T]``, ``batch["sampling_logprobs"]``
   ``[B, T]`` (from the inference engine), ``batch["truncated"]`` ``[B]`` (bool),
-  ``model_outputs["values"]`` ``[B]`` or ``[B, T]`` and ``batch["returns"]`` ``[B]``.
+  ``model_outputs["values"]`` ``[B]`` or ``[B, T]`` and ``batch["returns"]`` ``[B]``;
+- ``batch["rollout_weights"]`` ``[B, T]`` or ``[B]`` (optional): detached per-token (or
+  per-sequence) weights of the policy-gradient term, set by the trainer's train/inference
+  mismatch correction (``algorithm.rollout_correction``, see ``algorithms/mismatch.py``).
 
 Values at masked positions are ignored (they may be padding, ``-inf`` or NaN).
 """
@@ -202,6 +205,7 @@ class GRPOLossFn:
         pg  = -min(ratio * A, clamp(ratio, 1 - lo, 1 + hi) * A)
         pg  = min(pg, c * |A|)              where A < 0, if dual_clip_c = c is set
         pg *= min(exp(old - sampling), cap)  (detached), if truncated_is_cap = cap is set
+        pg *= rollout_weights                (detached), if batch["rollout_weights"] is given
         l   = pg + beta * KL - entropy_coef * entropy  (+ value_loss_coef * 0.5 (V - R)^2)
 
     ``l`` is then averaged according to ``loss_type``, with ``n_i`` the valid tokens of
@@ -220,9 +224,14 @@ class GRPOLossFn:
     - ``gspo``: sequence-level ratio ``s_i = exp(sum_t (logprobs - old) / n_i)`` (Zheng et
       al. 2025) with per-sequence advantages; the policy term per sequence is
       ``-min(s_i A_i, clamp(s_i, 1 - lo, 1 + hi) A_i)`` (dual clip as above; the truncated IS
-      weight becomes ``min(exp(sum_t (old - sampling) / n_i), cap)``), 0 if ``n_i = 0``, mean
-      over sequences. The token terms (KL, entropy, value) are averaged as for ``grpo``.
+      weight becomes ``min(exp(sum_t (old - sampling) / n_i), cap)``; per-token
+      ``rollout_weights`` enter as their mean over the sequence's valid tokens), 0 if
+      ``n_i = 0``, mean over sequences. The token terms (KL, entropy, value) are averaged
+      as for ``grpo``.
       GSPO's paper uses much smaller clip ranges (about 3e-4 / 4e-4).
+
+    ``rollout_weights`` change no normaliser: a token with weight 0 still counts in ``n_i``
+    and in the token count of reduction "token".
 
     Metrics (detached 0-dim tensors): ``loss``, ``policy_loss``, ``kl`` (whenever reference
     log-probs are given), ``entropy`` (when given), ``value_loss`` (when used) are averaged
@@ -413,11 +422,16 @@ class GRPOLossFn:
             is_weight = torch.exp(log_w).clamp(max=float(self.truncated_is_cap)).detach()
             pg = pg * is_weight
             metrics["truncated_is_weight_mean"] = frac_mean(is_weight)
+        rollout_w = get(batch, "batch", "rollout_weights", seq_ok=True)
+        if rollout_w is not None:  # train/inference mismatch correction (TIS or mask)
+            rollout_w = rollout_w.detach()
+            rollout_w = rollout_w[:, None] if rollout_w.dim() == 1 else rollout_w
+            pg = (pg[:, None] if gspo else pg) * rollout_w
         metrics["clip_frac_low"] = frac_mean((ratio < 1 - lo) & (adv < 0))
         metrics["clip_frac_high"] = frac_mean((ratio > 1 + hi) & (adv > 0))
         metrics["ratio_mean"] = frac_mean(ratio)
 
-        policy_loss = loss_mean(pg[:, None] if gspo else pg)
+        policy_loss = loss_mean(pg[:, None] if pg.dim() == 1 else pg)
         loss = policy_loss
         metrics["policy_loss"] = policy_loss.detach()
 
