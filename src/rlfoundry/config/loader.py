@@ -156,24 +156,27 @@ def finalize(cfg: RunConfig) -> RunConfig:
 def _check_schedules(cfg: RunConfig) -> None:
     """Build the configured schedules once so bad types/options fail at load."""
     from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
-    from rlfoundry.training.schedules import build_schedule, get_beta
+    from rlfoundry.training.schedules import build_schedule, check_range, get_beta
 
     if cfg.algorithm.beta_schedule:
         beta = get_beta(LossFunctionRegistry.build(cfg.algorithm.loss))
         if beta is None:
             raise ConfigError(f"algorithm.beta_schedule: loss '{cfg.algorithm.loss['type']}' has no beta "
                               "(reference_policy_kl_penalty) to schedule")
-        build_schedule(cfg.algorithm.beta_schedule, "beta", beta, "algorithm.beta_schedule")
-    build_schedule(cfg.training.lr_controller, "lr", 1.0, "training.lr_controller")
+        check_range(build_schedule(cfg.algorithm.beta_schedule, "beta", beta, "algorithm.beta_schedule"),
+                    "algorithm.beta_schedule", positive=False)
+    check_range(build_schedule(cfg.training.lr_controller, "lr", 1.0, "training.lr_controller"),
+                "training.lr_controller", positive=True)
 
 
-MAX_ERRORS_SHOWN = 20
+MAX_ERRORS_SHOWN = 10
 
 
 def format_validation_error(err: ValidationError) -> str:
     """One line per problem (at most :data:`MAX_ERRORS_SHOWN`), each naming the key path and
-    quoting the offending value in bounded form."""
+    quoting the offending value in bounded form; a section's valid keys are listed once."""
     lines = []
+    listed: set[str] = set()
     errors = err.errors()
     for e in errors[:MAX_ERRORS_SHOWN]:
         loc = [str(p) for p in e["loc"]]
@@ -181,8 +184,10 @@ def format_validation_error(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             fields = _fields_at(RunConfig, loc[:-1])
             name = clip(escape_control(loc[-1], keep_newlines=False), 80)
-            lines.append(f"{path}: unknown key{did_you_mean(name, fields)}; valid keys here: "
-                         f"{', '.join(sorted(fields))}")
+            section = ".".join(loc[:-1])
+            valid = "" if section in listed else f"; valid keys here: {', '.join(sorted(fields))}"
+            listed.add(section)
+            lines.append(f"{path}: unknown key{did_you_mean(name, fields)}{valid}")
         else:
             lines.append(f"{path}: {e['msg']} (got {short_repr(e.get('input'))})")
     if len(errors) > MAX_ERRORS_SHOWN:
