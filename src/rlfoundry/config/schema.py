@@ -103,7 +103,9 @@ class DataConfig(Section):
     truncation: Literal["truncate_prompt", "drop", "error"] = Field(
         "truncate_prompt",
         description="Over-long rows: 'truncate_prompt' drops prompt tokens from the start, then "
-        "cuts responses at the end; 'drop' skips the row (counted and logged); 'error' raises.",
+        "cuts responses at the end; 'drop' skips the row (counted and logged); 'error' raises, "
+        "naming the row. GRPO prompts are limited to the model's context minus "
+        "algorithm.sampling.max_new_tokens (and to max_prompt_length) under the same policy.",
     )
     on_bad_row: Literal["error", "skip"] = Field(
         "error",

@@ -180,7 +180,7 @@ def check_range(schedule: Schedule | None, where: str, *, positive: bool) -> Non
     def check(value: float, when: str) -> None:
         ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
         if not ok:
-            raise ConfigError(f"{where}: the {schedule.target} schedule reaches {value!r} {when}; "
+            raise ConfigError(f"{where}: the {schedule.target} schedule reaches {value:.6g} {when}; "
                               f"it must stay finite and {bound} (check its options)")
 
     try:
