@@ -8,6 +8,7 @@ import torch
 
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.data import PromptDataset
+from rlfoundry.data.lengths import check_max_length
 from rlfoundry.data.padding import pad_prompt_completions
 from rlfoundry.data.prompts import encode, tokenize_prompt
 from rlfoundry.data.sources import load_dataset_spec
@@ -28,6 +29,7 @@ class SFTTrainer(Trainer):
 
     def setup_data(self, dataset=None, eval_dataset=None) -> int:
         data = self.config.data
+        check_max_length(self.config, self.model, self.tokenizer)  # rows fit the model's context
         train = dataset if dataset is not None else load_dataset_spec(data, "train", PromptDataset)
         builtin = isinstance(data.train, str) and data.train.startswith("builtin:")
         evals = eval_dataset if eval_dataset is not None else (

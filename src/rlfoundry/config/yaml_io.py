@@ -5,8 +5,9 @@ A ``yaml.SafeLoader`` that also
 * reads ``1e-5`` (no dot) as a float, as people write learning rates;
 * rejects a key written twice in one mapping, naming both lines (PyYAML keeps the last one
   silently); ``<<: *defaults`` merges stay allowed, and explicit keys override merged ones;
-* rejects alias expansion beyond :data:`MAX_ALIAS_NODES` values ("billion laughs": a 1 KB
-  file of nested ``&a``/``*a`` stands for billions of values, which every later copy,
+* rejects alias expansion beyond :data:`MAX_ALIAS_NODES` values or :data:`MAX_ALIAS_CHARS`
+  characters ("billion laughs": a 1 KB file of nested ``&a``/``*a`` stands for billions of
+  values, and one long string aliased a thousand times for gigabytes, which every later copy,
   validation, error message and checkpoint would expand) and self-referencing aliases;
 * turns undecodable bytes and nesting too deep to parse into :class:`ConfigError` naming the
   file and line.
@@ -26,6 +27,7 @@ from rlfoundry.errors import ConfigError
 from rlfoundry.safe_text import clip, escape_control
 
 MAX_ALIAS_NODES = 10_000  # values that aliases may add to a document beyond its own nodes
+MAX_ALIAS_CHARS = 1_000_000  # characters of scalars that aliases may add
 MAX_CONFIG_BYTES = 50 * 2**20
 
 
@@ -67,13 +69,14 @@ def _where(node: Node) -> str:
 
 
 def _check_expansion(root: Node) -> None:
-    """Count the values the document stands for with every alias expanded (memoised per node,
-    so the count costs one pass over the distinct nodes); raise when aliases add more than
-    :data:`MAX_ALIAS_NODES` or a node contains itself."""
-    expanded: dict[int, int] = {}
+    """Count the values and the scalar characters the document stands for with every alias
+    expanded (memoised per node, so the count costs one pass over the distinct nodes); raise
+    when aliases add more than :data:`MAX_ALIAS_NODES` values or :data:`MAX_ALIAS_CHARS`
+    characters, or when a node contains itself."""
+    expanded: dict[int, tuple[int, int]] = {}
     active: set[int] = set()
 
-    def size(node: Node) -> int:
+    def size(node: Node) -> tuple[int, int]:
         key = id(node)
         if key in expanded:
             return expanded[key]
@@ -81,22 +84,46 @@ def _check_expansion(root: Node) -> None:
             raise ConfigYAMLError(f"{_where(node)}: an alias refers to a value that contains it "
                                   "(a recursive structure); write the value out instead")
         active.add(key)
-        total = 1
-        if isinstance(node, SequenceNode):
-            total += sum(size(child) for child in node.value)
-        elif isinstance(node, MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
+        count, chars = 1, 0
+        if isinstance(node, ScalarNode):
+            chars = len(node.value)
+        else:
+            children = node.value if isinstance(node, SequenceNode) else [
+                child for pair in node.value for child in pair]
+            for child in children:
+                c, n = size(child)
+                count, chars = count + c, chars + n
         active.discard(key)
-        expanded[key] = total
-        return total
+        expanded[key] = (count, chars)
+        return count, chars
 
-    total = size(root)
-    distinct = len(expanded)
-    if total - distinct > MAX_ALIAS_NODES:
+    count, chars = size(root)
+    written = len(expanded)
+    written_chars = sum(len(n.value) for n in _distinct_scalars(root))
+    if count - written > MAX_ALIAS_NODES or chars - written_chars > MAX_ALIAS_CHARS:
         raise ConfigYAMLError(
-            f"{_where(root)}: aliases (*name) expand this document to {total:,} values from "
-            f"{distinct:,} written ones (at most {MAX_ALIAS_NODES:,} may come from aliases); "
-            "write the values out, or reuse less")
+            f"{_where(root)}: aliases (*name) expand this document to {count:,} values and "
+            f"{chars:,} characters from {written:,} values and {written_chars:,} characters "
+            f"written (aliases may add at most {MAX_ALIAS_NODES:,} values and "
+            f"{MAX_ALIAS_CHARS:,} characters); write the values out, or reuse less")
+
+
+def _distinct_scalars(root: Node) -> list[ScalarNode]:
+    seen: set[int] = set()
+    out: list[ScalarNode] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, ScalarNode):
+            out.append(node)
+        elif isinstance(node, SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, MappingNode):
+            stack.extend(child for pair in node.value for child in pair)
+    return out
 
 
 class _NamedText(io.StringIO):

@@ -148,7 +148,7 @@ def build_schedule(spec: Mapping[str, Any] | None, target: str, base: float, whe
 
 
 PROBE_RUNS = (1, 2, 3, 10, 100, 1000)  # run lengths (steps) a schedule is checked over
-PROBE_UPDATES = 200  # controller updates per probe
+PROBE_UPDATES = 1000  # controller updates per probe
 
 
 class _Every(Mapping[str, float]):
@@ -172,7 +172,7 @@ def check_range(schedule: Schedule | None, where: str, *, positive: bool) -> Non
     for long runs), and for a controller :data:`PROBE_UPDATES` updates with metrics far below
     and far above its thresholds. A value that is NaN/inf, negative, or zero when ``positive``
     (a learning-rate multiplier) is a :class:`ConfigError` naming ``where``, the step and the
-    value; so is an option that makes the schedule fail."""
+    value; so are a NaN/inf option and an option that makes the schedule fail."""
     if schedule is None:
         return
     bound = "> 0" if positive else ">= 0"
@@ -183,6 +183,10 @@ def check_range(schedule: Schedule | None, where: str, *, positive: bool) -> Non
             raise ConfigError(f"{where}: the {schedule.target} schedule reaches {value:.6g} {when}; "
                               f"it must stay finite and {bound} (check its options)")
 
+    for name in schedule.options:
+        value = getattr(schedule, name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}.{name}: {value} is not a finite number")
     try:
         for total in PROBE_RUNS:
             probe = copy.deepcopy(schedule)
