@@ -493,3 +493,13 @@ def test_sft_max_length_above_the_model_context_fails_at_setup():
                                                    "data.max_length=2048", "logging.backends=[jsonl]"]))
     with pytest.raises(ConfigError, match=r"data\.max_length \(2048\) is longer than the model's context"):
         trainer.setup_data()
+
+
+@pytest.mark.parametrize("override", [
+    "algorithm.name=" + "x" * 10**6,
+    "algorithm.loss.type=" + "x" * 10**6,
+    "algorithm.beta_schedule={type: " + "x" * 10**6 + "}",
+    "algorithm.rewards=[{name: " + "x" * 10**6 + "}]",
+], ids=["trainer", "loss", "schedule", "reward"])
+def test_registry_errors_quoting_huge_names_stay_short(override):
+    rejected([*GRPO, override] if "rewards" in override else [override], r"unknown|no (trainer|loss|reward)|x{100}")

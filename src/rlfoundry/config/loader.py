@@ -63,9 +63,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+MAX_MESSAGE_CHARS = 4000  # a config error is read by a person: a few KB at most
+
+
 def load_config(source: str | Path | dict | RunConfig | None = None,
                 overrides: list[str] | None = None) -> RunConfig:
-    """Read, override, import plugins, validate and cross-check a run config."""
+    """Read, override, import plugins, validate and cross-check a run config.
+
+    Any :class:`ConfigError` comes out with control characters escaped and at most
+    :data:`MAX_MESSAGE_CHARS` long, however large the value it quotes."""
+    try:
+        return _load_config(source, overrides)
+    except ConfigError as e:
+        text = str(e)
+        bounded = clip(escape_control(text), MAX_MESSAGE_CHARS)
+        if bounded == text:
+            raise
+        raise ConfigError(bounded) from None
+
+
+def _load_config(source: str | Path | dict | RunConfig | None,
+                 overrides: list[str] | None) -> RunConfig:
     if isinstance(source, RunConfig):
         if overrides:
             source = source.model_dump()
