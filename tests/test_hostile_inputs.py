@@ -503,3 +503,23 @@ def test_sft_max_length_above_the_model_context_fails_at_setup():
 ], ids=["trainer", "loss", "schedule", "reward"])
 def test_registry_errors_quoting_huge_names_stay_short(override):
     rejected([*GRPO, override] if "rewards" in override else [override], r"unknown|no (trainer|loss|reward)|x{100}")
+
+
+class _NoSplitTokenizer:
+    """A tokenizer that ignores split_special_tokens (as some custom ones do)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, texts, add_special_tokens=True, split_special_tokens=False):
+        return self.inner(texts, add_special_tokens=add_special_tokens)
+
+
+def test_a_tokenizer_that_cannot_split_special_text_gives_a_data_error(tokenizer):
+    ds = PromptDataset.from_rows([{"prompt": "fine"}, {"prompt": "stop<|eos|>here"}])
+    with pytest.raises(DataError, match=r"<python>\[row 1\]: the text holds special-token text"):
+        ds.tokenize(_NoSplitTokenizer(tokenizer))
+    assert PromptDataset(prompts=["fine"]).tokenize(_NoSplitTokenizer(tokenizer))

@@ -155,7 +155,8 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, special: boo
         return [list(x) for x in tokenizer(texts, add_special_tokens=special)["input_ids"]]
     ids = [list(x) for x in tokenizer(texts, add_special_tokens=special,
                                       split_special_tokens=True)["input_ids"]]
-    specials = set(getattr(tokenizer, "all_special_ids", None) or [])
+    # unknown characters legitimately become the unk token; every other special must not appear
+    specials = set(getattr(tokenizer, "all_special_ids", None) or []) - {getattr(tokenizer, "unk_token_id", None)}
     if specials:
         added = sum(i in specials for i in tokenizer([""], add_special_tokens=special)["input_ids"][0])
         for n, row in enumerate(ids):
