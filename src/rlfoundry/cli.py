@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -81,8 +82,7 @@ def _list(args) -> int:
 
 
 def _check_loss(args) -> int:
-    import yaml
-
+    from rlfoundry.config.loader import parse_value
     from rlfoundry.loss_check import check_loss, loss_factory
 
     options = {}
@@ -90,7 +90,7 @@ def _check_loss(args) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--option expects key=value, got '{item}'")
-        options[key] = yaml.safe_load(value)
+        options[key] = parse_value(value, f"--option {key}")
     report = check_loss(loss_factory(args.loss, options), args.kind)
     print(report.format())
     return 0 if report.passed else 1
@@ -296,15 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    console_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and args.config and "=" in args.config:
+    if args.command == "train" and args.config and "=" in args.config and not Path(args.config).is_file():
         args.overrides.insert(0, args.config)  # `rlfoundry train key=value` with no file
         args.config = None
     try:
         return args.func(args)
     except RLFoundryError as e:
-        print(f"rlfoundry: error: {e}", file=sys.stderr)
+        print(f"rlfoundry: error: {error_text(e)}", file=sys.stderr)
         return 2
     except (SystemExit, GeneratorExit) as e:  # rlfoundry never exits from in here: user code did
         from rlfoundry.user_code import describe_exit, raise_site
@@ -312,6 +313,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlfoundry: error: user code {describe_exit(e)} at {raise_site(e)}; it must raise "
               f"an exception instead", file=sys.stderr)
         return 2
+
+
+MAX_ERROR_CHARS = 4000
+
+
+class _EscapingConsole(logging.StreamHandler):
+    """Warnings of rlfoundry's loggers on the current ``sys.stderr``, control characters
+    escaped (a warning may quote a reward's exception, i.e. text a completion chose)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+
+    @property
+    def stream(self):  # the stderr of the moment (tests and tools swap it)
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        from rlfoundry.safe_text import escape_control
+
+        return escape_control(super().format(record))
+
+
+def console_logging() -> None:
+    """Show rlfoundry's warnings on stderr, escaped (once per process)."""
+    package = logging.getLogger("rlfoundry")
+    if not any(isinstance(h, _EscapingConsole) for h in package.handlers):
+        package.addHandler(_EscapingConsole())
+
+
+def error_text(error: BaseException) -> str:
+    """An error message as printed: control characters escaped (it may quote a completion or
+    a data row), and at most :data:`MAX_ERROR_CHARS` long."""
+    from rlfoundry.safe_text import clip, escape_control
+
+    return clip(escape_control(str(error)), MAX_ERROR_CHARS)
 
 
 if __name__ == "__main__":

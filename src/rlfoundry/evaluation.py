@@ -28,6 +28,7 @@ import torch
 from rlfoundry.algorithms.loss_functions.dpo import preference_accuracy as _wins
 from rlfoundry.algorithms.reference import sequence_logps
 from rlfoundry.data import PreferenceDataset, PromptDataset, collate_preference, render_prompt
+from rlfoundry.data.lengths import model_context
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.rewards import compute_rewards
 from rlfoundry.rollout import HFSampler, SamplingParams
@@ -123,7 +124,11 @@ def evaluate_prompts(model, tokenizer, dataset: PromptDataset, reward_fns: Rewar
     if ks and num_samples < max(ks):
         raise ConfigError(f"--num-samples ({num_samples}) must be at least the largest k ({max(ks)})")
     names = ", ".join(name for name, _, _ in reward_fns)
-    token_ids = dataset.tokenize(tokenizer)
+    context = model_context(model, tokenizer)
+    if context is not None and max_new_tokens >= context:
+        raise ConfigError(f"--max-new-tokens ({max_new_tokens}) must be less than the model's "
+                          f"context ({context} tokens)")
+    token_ids = dataset.tokenize(tokenizer, None if context is None else context - max_new_tokens)
     prompts = [render_prompt(tokenizer, ex.prompt) for ex in dataset]
     greedy = generate(model, tokenizer, token_ids, 1, SamplingParams(0.0, 1.0, 0, max_new_tokens),
                       seed, batch_size)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlfoundry.safe_text import escape_control
+
 Summary = dict[str, Any]
 
 
 def cell(value: Any) -> str:
-    """A value as one markdown table cell (code-formatted text, pipes escaped)."""
+    """A value as one markdown table cell (code-formatted text on one line, pipes and control
+    characters escaped)."""
     if value is None:
         return "-"
-    text = str(value).strip().replace("\n", " ").replace("|", "\\|")
+    text = escape_control(str(value).strip().replace("\n", " "), keep_newlines=False).replace("|", "\\|")
     return f"`{text}`" if text else "(empty)"
 
 

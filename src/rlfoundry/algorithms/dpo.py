@@ -49,6 +49,7 @@ from rlfoundry.algorithms.reference import (
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.config import RunConfig
 from rlfoundry.data import PreferenceDataset, collate_preference, collate_preference_packed
+from rlfoundry.data.lengths import check_max_length
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import ConfigError
 from rlfoundry.ops.lm_head import supports_packed_rows
@@ -110,6 +111,7 @@ class DPOTrainer(Trainer):
         train = _as_preference_dataset(dataset, data, "train")
         evals = _as_preference_dataset(eval_dataset, data, "eval") if (
             eval_dataset is not None or data.eval is not None or _is_builtin(data.train)) else None
+        check_max_length(self.config, self.model, self.tokenizer)  # rows fit the model's context
         kw = dict(max_length=data.max_length, max_prompt_length=data.max_prompt_length,
                   truncation=data.truncation)
         self.train_pairs = _renumbered(train.tokenize(self.tokenizer, **kw))

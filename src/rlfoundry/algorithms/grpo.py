@@ -123,9 +123,10 @@ class GRPOTrainer(Trainer):
         builtin = isinstance(data.train, str) and data.train.startswith("builtin:")
         self.eval_set = (grpo_config.prompt_dataset(eval_dataset, data, "eval")
                          if eval_dataset is not None or data.eval is not None or builtin else None)
-        limit = data.max_prompt_length
-        self.train_prompts = self.train_set.tokenize(self.tokenizer, max_prompt_length=limit)
-        self.eval_prompts = self.eval_set.tokenize(self.tokenizer, max_prompt_length=limit) if self.eval_set else []
+        from rlfoundry.data.lengths import tokenize_grpo_prompts  # bounded by the model's context
+
+        self.train_prompts, self.eval_prompts = tokenize_grpo_prompts(
+            self.config, self.model, self.tokenizer, self.train_set, self.eval_set)
         return len(self.train_prompts)
 
     # ---- hooks ---------------------------------------------------------------------------

@@ -8,8 +8,9 @@ import torch
 
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.data import PromptDataset
+from rlfoundry.data.lengths import check_max_length
 from rlfoundry.data.padding import pad_prompt_completions
-from rlfoundry.data.prompts import tokenize_prompt
+from rlfoundry.data.prompts import encode, tokenize_prompt
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import DataError
 from rlfoundry.ops.lm_head import token_logprobs
@@ -28,6 +29,7 @@ class SFTTrainer(Trainer):
 
     def setup_data(self, dataset=None, eval_dataset=None) -> int:
         data = self.config.data
+        check_max_length(self.config, self.model, self.tokenizer)  # rows fit the model's context
         train = dataset if dataset is not None else load_dataset_spec(data, "train", PromptDataset)
         builtin = isinstance(data.train, str) and data.train.startswith("builtin:")
         evals = eval_dataset if eval_dataset is not None else (
@@ -44,7 +46,8 @@ class SFTTrainer(Trainer):
             if not isinstance(completion, str) or not completion:
                 raise DataError(f"{ex.location}: SFT rows need a non-empty string 'completion'")
             prompt = tokenize_prompt(self.tokenizer, ex, self.config.data.max_prompt_length)
-            target = self.tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+            target = encode(self.tokenizer, [completion], special=False, data_text=True,
+                            where=[ex.location])[0] + [eos]
             room = limit - len(target)  # over-long rows: keep the prompt's end, then cut the target
             prompt = prompt[-max(room, 1):]
             rows.append((prompt, target[: limit - len(prompt)]))

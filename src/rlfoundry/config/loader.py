@@ -12,39 +12,28 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from rlfoundry.config.checks import check_combinations
 from rlfoundry.config.schema import GRPO_ONLY_FIELDS, TRAINING_ALIASES, RunConfig
+from rlfoundry.config.yaml_io import load_yaml_text, read_yaml_file
 from rlfoundry.errors import ConfigError
 from rlfoundry.registry import did_you_mean
+from rlfoundry.safe_text import clip, escape_control, short_repr
 from rlfoundry.training.backends import resolve_backends
 
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 1e-5 (no dot) as a float, as people write learning rates."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
+# the key part of `key.path=value`: names (letters, digits, _ and -) joined by dots
+OVERRIDE_KEY = re.compile(r"^[A-Za-z_][\w-]*(?:\.[\w-]+)*$")
 
 
-def parse_value(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+def parse_value(text: str, where: str = "value") -> Any:
+    """An override's value, parsed as YAML (``where`` names it in errors)."""
+    return load_yaml_text(text, where)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -57,22 +46,44 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override '{item}' is not of the form key.path=value")
+        if not sep or not OVERRIDE_KEY.match(key):
+            raise ConfigError(
+                f"override '{clip(escape_control(item), 120)}' is not of the form key.path=value "
+                "(a dotted path of names, e.g. training.learning_rate=1e-5); a config file "
+                "goes first and must exist")
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a section")
+                raise ConfigError(f"override '{clip(escape_control(key), 120)}': "
+                                  f"'{'.'.join(parts[: i + 1])}' is not a section")
             node = child
-        node[parts[-1]] = parse_value(raw)
+        node[parts[-1]] = parse_value(raw, f"override '{clip(escape_control(key), 120)}'")
     return data
+
+
+MAX_MESSAGE_CHARS = 4000  # a config error is read by a person: a few KB at most
 
 
 def load_config(source: str | Path | dict | RunConfig | None = None,
                 overrides: list[str] | None = None) -> RunConfig:
-    """Read, override, import plugins, validate and cross-check a run config."""
+    """Read, override, import plugins, validate and cross-check a run config.
+
+    Any :class:`ConfigError` comes out with control characters escaped and at most
+    :data:`MAX_MESSAGE_CHARS` long, however large the value it quotes."""
+    try:
+        return _load_config(source, overrides)
+    except ConfigError as e:
+        text = str(e)
+        bounded = clip(escape_control(text), MAX_MESSAGE_CHARS)
+        if bounded == text:
+            raise
+        raise ConfigError(bounded) from None
+
+
+def _load_config(source: str | Path | dict | RunConfig | None,
+                 overrides: list[str] | None) -> RunConfig:
     if isinstance(source, RunConfig):
         if overrides:
             source = source.model_dump()
@@ -163,28 +174,42 @@ def finalize(cfg: RunConfig) -> RunConfig:
 def _check_schedules(cfg: RunConfig) -> None:
     """Build the configured schedules once so bad types/options fail at load."""
     from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
-    from rlfoundry.training.schedules import build_schedule, get_beta
+    from rlfoundry.training.schedules import build_schedule, check_range, get_beta
 
     if cfg.algorithm.beta_schedule:
         beta = get_beta(LossFunctionRegistry.build(cfg.algorithm.loss))
         if beta is None:
             raise ConfigError(f"algorithm.beta_schedule: loss '{cfg.algorithm.loss['type']}' has no beta "
                               "(reference_policy_kl_penalty) to schedule")
-        build_schedule(cfg.algorithm.beta_schedule, "beta", beta, "algorithm.beta_schedule")
-    build_schedule(cfg.training.lr_controller, "lr", 1.0, "training.lr_controller")
+        check_range(build_schedule(cfg.algorithm.beta_schedule, "beta", beta, "algorithm.beta_schedule"),
+                    "algorithm.beta_schedule", positive=False)
+    check_range(build_schedule(cfg.training.lr_controller, "lr", 1.0, "training.lr_controller"),
+                "training.lr_controller", positive=True)
+
+
+MAX_ERRORS_SHOWN = 10
 
 
 def format_validation_error(err: ValidationError) -> str:
+    """One line per problem (at most :data:`MAX_ERRORS_SHOWN`), each naming the key path and
+    quoting the offending value in bounded form; a section's valid keys are listed once."""
     lines = []
-    for e in err.errors():
+    listed: set[str] = set()
+    errors = err.errors()
+    for e in errors[:MAX_ERRORS_SHOWN]:
         loc = [str(p) for p in e["loc"]]
-        path = ".".join(loc)
+        path = clip(escape_control(".".join(loc), keep_newlines=False), 200)
         if e["type"] == "extra_forbidden":
             fields = _fields_at(RunConfig, loc[:-1])
-            lines.append(f"{path}: unknown key{did_you_mean(loc[-1], fields)}; valid keys here: "
-                         f"{', '.join(sorted(fields))}")
+            name = clip(escape_control(loc[-1], keep_newlines=False), 80)
+            section = ".".join(loc[:-1])
+            valid = "" if section in listed else f"; valid keys here: {', '.join(sorted(fields))}"
+            listed.add(section)
+            lines.append(f"{path}: unknown key{did_you_mean(name, fields)}{valid}")
         else:
-            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{path}: {e['msg']} (got {short_repr(e.get('input'))})")
+    if len(errors) > MAX_ERRORS_SHOWN:
+        lines.append(f"... and {len(errors) - MAX_ERRORS_SHOWN} more")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

@@ -9,13 +9,31 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+INT64_LIMIT = 2**63  # integers must fit a signed 64-bit value (torch seeds, step counters)
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are rejected, assignments re-validated."""
+    """Base of every config section: unknown keys are rejected, assignments re-validated.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Values are checked strictly: a float is never NaN or infinite (a field that means
+    something by infinity would say ``allow_inf_nan=True``; none does), an integer is not a
+    boolean, a float or a string (``max_steps: true`` is not 1), a boolean is only
+    true/false, and integers fit in 64 bits."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_int64(cls, value: Any) -> Any:
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool) and not (
+                    -INT64_LIMIT <= item < INT64_LIMIT):
+                raise ValueError("must fit in a signed 64-bit integer (below 2**63)")
+        return value
 
 
 class LoRAConfig(Section):
@@ -85,7 +103,9 @@ class DataConfig(Section):
     truncation: Literal["truncate_prompt", "drop", "error"] = Field(
         "truncate_prompt",
         description="Over-long rows: 'truncate_prompt' drops prompt tokens from the start, then "
-        "cuts responses at the end; 'drop' skips the row (counted and logged); 'error' raises.",
+        "cuts responses at the end; 'drop' skips the row (counted and logged); 'error' raises, "
+        "naming the row. GRPO prompts are limited to the model's context minus "
+        "algorithm.sampling.max_new_tokens (and to max_prompt_length) under the same policy.",
     )
     on_bad_row: Literal["error", "skip"] = Field(
         "error",
@@ -127,7 +147,16 @@ class DistributedConfig(Section):
 
 class TrainingConfig(Section):
     output_dir: str = Field("runs/latest", description="Checkpoints, metrics.jsonl, logs.")
-    seed: int = Field(42, description="Seeds model init (built-ins), data order and sampling.")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty; name a directory (e.g. runs/my_run)")
+        return value
+
+    seed: int = Field(42, ge=0, lt=2**63, description="Seeds model init (built-ins), data order "
+                      "and sampling (0 <= seed < 2**63).")
     max_steps: int | None = Field(
         None, gt=0, description="Optimizer steps to run (default: from epochs)."
     )
@@ -140,12 +169,26 @@ class TrainingConfig(Section):
     )
     learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
         "linear", description="Decay after warmup."
     )
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+
+    @field_validator("adam_betas", mode="before")
+    @classmethod
+    def _betas_from_list(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value  # YAML has no tuples
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        for i, beta in enumerate(value):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"adam_betas[{i}] = {beta} is outside [0, 1)")
+        return value
+
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip the global gradient norm (null: no clipping; grad_norm is still logged)."
     )
@@ -277,7 +320,18 @@ class SamplingConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens (0 = off).")
     max_new_tokens: int = Field(64, gt=0, description="Completion length limit (max_completion_length).")
-    stop_strings: list[str] = Field(default_factory=list, description="Stop when one appears.")
+    stop_strings: list[str] = Field(default_factory=list, description="Stop when one appears "
+                                    "(each non-empty: the empty string is in every text).")
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _no_empty_stop(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            if not text:
+                raise ValueError(f"stop_strings[{i}] is empty; it would stop every completion "
+                                 "before its first token")
+        return value
+
     seed_per_prompt: bool = Field(
         False,
         description="Draw each prompt's completions from a generator of its own, seeded by "

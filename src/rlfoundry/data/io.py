@@ -33,6 +33,7 @@ from rlfoundry.data.row_policy import (
 from rlfoundry.errors import DataError
 
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
+MAX_DEPTH = 64  # nesting of lists/objects in one row (messages are 3 deep)
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,12 @@ def _from_mappings(items: Any, label: str, on_bad_row: str,
             locations.append(item.location)
             continue
         where = f"{label}[row {i}]"
-        if not isinstance(item, Mapping):
-            keep_or_raise(DataError(f"{where}: expected a dict, got {type(item).__name__}"),
-                          on_bad_row, report)
+        try:
+            if not isinstance(item, Mapping):
+                raise DataError(f"{where}: expected a dict, got {type(item).__name__}")
+            check_depth(item, where)
+        except DataError as e:
+            keep_or_raise(e, on_bad_row, report)
             continue
         rows.append(dict(item))
         locations.append(where)
@@ -189,9 +193,34 @@ def _parse_line(raw: bytes, where: str) -> Row | None:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from e
+    except RecursionError:
+        raise _too_deep(where) from None
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object per line, got {_json_type(obj)}")
+    check_depth(obj, where)
     return Row(obj, where)
+
+
+def _too_deep(where: str) -> DataError:
+    return DataError(f"{where}: nested more than {MAX_DEPTH} levels deep (lists/objects inside "
+                     "each other); rows hold text, messages and flat extra columns")
+
+
+def check_depth(value: Any, where: str, limit: int = MAX_DEPTH) -> None:
+    """Raise :class:`DataError` naming ``where`` when ``value`` nests lists/dicts deeper than
+    ``limit`` (checked without recursion, so any depth is safe to check)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            raise _too_deep(where)
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _read_json(path: Path, on_bad_row: str, report: RowReport) -> list[Row]:
@@ -202,6 +231,8 @@ def _read_json(path: Path, on_bad_row: str, report: RowReport) -> list[Row]:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
+    except RecursionError:
+        raise _too_deep(str(path)) from None
     if isinstance(obj, dict):
         if "data" not in obj or not isinstance(obj["data"], list):
             raise DataError(
@@ -214,9 +245,12 @@ def _read_json(path: Path, on_bad_row: str, report: RowReport) -> list[Row]:
     rows: list[Row] = []
     for i, item in enumerate(obj):
         where = f"{path}[row {i}]"
-        if not isinstance(item, dict):
-            keep_or_raise(DataError(f"{where}: expected a JSON object, got {_json_type(item)}"),
-                          on_bad_row, report)
+        try:
+            if not isinstance(item, dict):
+                raise DataError(f"{where}: expected a JSON object, got {_json_type(item)}")
+            check_depth(item, where)
+        except DataError as e:
+            keep_or_raise(e, on_bad_row, report)
             continue
         rows.append(Row(item, where))
     return rows

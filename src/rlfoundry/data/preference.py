@@ -49,7 +49,7 @@ from rlfoundry.data.prompts import (
     split_columns,
 )
 from rlfoundry.data.row_dataset import RowDataset
-from rlfoundry.data.row_policy import RowReport
+from rlfoundry.data.row_policy import SHOWN, RowReport, logger, source_label
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import did_you_mean
 
@@ -155,7 +155,9 @@ class PreferenceDataset(RowDataset[PreferenceExample]):
                     stacklevel=3,
                 )
         super()._build(rows, locations, on_bad_row, duplicates, report)
-        self.num_identical = sum(e.chosen == e.rejected for e in self.examples)
+        identical = [e.location for e in self.examples if e.chosen == e.rejected]
+        self.num_identical = len(identical)
+        _check_identical(identical, len(self.examples))
         self.num_dropped = 0
         self.dropped_locations: list[str] = []
         self.num_truncated = 0
@@ -261,6 +263,22 @@ class PreferenceDataset(RowDataset[PreferenceExample]):
 # ---------------------------------------------------------------------- normalization
 
 
+def _check_identical(locations: list[str], total: int) -> None:
+    """A pair whose chosen and rejected are the same text teaches nothing (its DPO margin is 0
+    whatever the model does). Every pair like that: a DataError; some: a warning with the
+    count and the first locations."""
+    if not locations:
+        return
+    first = ", ".join(locations[:SHOWN])
+    if len(locations) == total:
+        raise DataError(
+            f"{source_label(locations)}: chosen == rejected in all {total} rows (first: {first}), "
+            "so there is nothing to learn; check the column mapping of the data")
+    logger.warning("%s: chosen == rejected in %d of %d rows (first: %s); they teach nothing",
+                   source_label(locations), len(locations), total, first)
+
+
+
 def _normalize(row: dict[str, Any], where: str, index: int, implicit: bool) -> PreferenceExample:
     for key in ("chosen", "rejected") if implicit else ("prompt", "chosen", "rejected"):
         if key not in row or row[key] is None:
@@ -336,10 +354,16 @@ def _split_messages(
 def _encode_examples(
     tokenizer: PreTrainedTokenizerBase, examples: list[PreferenceExample]
 ) -> list[tuple[list[int], list[int], list[int]]]:
-    """(prompt, chosen, rejected) ids per example, tokenizing in two batched calls."""
-    with_specials: list[str] = []  # standard prompts
-    plain: list[str] = []  # everything else
-    slots: list[tuple[tuple[bool, int], int, int]] = []
+    """(prompt, chosen, rejected) ids per example, tokenizing in three batched calls.
+
+    Text from a data row (a standard row's prompt and completions) is tokenized with
+    special-token text kept as ordinary text, so ``<|eos|>`` written in data never becomes
+    the real EOS; chat-template output is tokenized with special tokens recognised (the
+    template writes them), and its message contents are checked for special-token text."""
+    with_specials: list[str] = []  # standard prompts (data text)
+    data_texts: list[str] = []  # standard completions (data text)
+    templated: list[str] = []  # chat-template renderings
+    slots: list[tuple[tuple[str, int], ...]] = []
     for ex in examples:
         if ex.conversational:
             assert isinstance(ex.prompt, list)
@@ -356,23 +380,27 @@ def _encode_examples(
                         f"prefix of prompt + {name}, so the completion cannot be separated"
                     )
                 completions.append(full[len(prompt_text):])
-            prompt_slot = (False, len(plain))
-            plain.append(prompt_text)
+            start = len(templated)
+            templated.extend([prompt_text, *completions])
+            slots.append((("t", start), ("t", start + 1), ("t", start + 2)))
         else:
             assert isinstance(ex.prompt, str)
-            prompt_slot = (True, len(with_specials))
+            slots.append((("s", len(with_specials)), ("d", len(data_texts)),
+                          ("d", len(data_texts) + 1)))
             with_specials.append(ex.prompt)
-            completions = [ex.chosen, ex.rejected]  # type: ignore[list-item]
-        slots.append((prompt_slot, len(plain), len(plain) + 1))
-        plain.extend(completions)
+            data_texts.extend([ex.chosen, ex.rejected])  # type: ignore[list-item]
 
-    special_ids = encode(tokenizer, with_specials, special=True)
-    plain_ids = encode(tokenizer, plain, special=False)
+    standard = [ex.location for ex in examples if not ex.conversational]
+    ids = {
+        "s": encode(tokenizer, with_specials, special=True, data_text=True, where=standard),
+        "d": encode(tokenizer, data_texts, special=False, data_text=True,
+                    where=[w for w in standard for _ in (0, 1)]),
+        "t": encode(tokenizer, templated, special=False),
+    }
     eos = tokenizer.eos_token_id
     out = []
-    for ex, ((is_special, p_i), c_i, r_i) in zip(examples, slots):
-        p = special_ids[p_i] if is_special else plain_ids[p_i]
-        c, r = plain_ids[c_i], plain_ids[r_i]
+    for ex, ((pb, pi), (cb, ci), (rb, ri)) in zip(examples, slots):
+        p, c, r = ids[pb][pi], ids[cb][ci], ids[rb][ri]
         if not ex.conversational and eos is not None:
             c = c if c and c[-1] == eos else [*c, eos]
             r = r if r and r[-1] == eos else [*r, eos]

@@ -10,10 +10,11 @@ special tokens, since the template writes its own.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from rlfoundry.data.row_dataset import RowDataset
+from rlfoundry.data.row_policy import SHOWN, logger
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import did_you_mean
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 Message = dict[str, Any]
 Content = str | list[Message]
+PROMPT_TRUNCATION: tuple[str, ...] = ("truncate_prompt", "drop", "error")  # data.truncation
 
 
 # --------------------------------------------------------------------------- validation
@@ -102,6 +104,7 @@ def apply_template(
             f"{where}: conversational rows need a tokenizer with a chat template; "
             "this tokenizer has none (set tokenizer.chat_template or use string rows)"
         )
+    check_no_special_text(tokenizer, messages, where)
     try:
         text = tokenizer.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, tokenize=False
@@ -113,12 +116,55 @@ def apply_template(
     return text
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, special: bool) -> list[list[int]]:
-    """Token ids of each text (batched); ``special`` adds the tokenizer's default specials."""
+def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The text of every special token (``<|eos|>``, ``<|im_start|>``, ...)."""
+    named = getattr(tokenizer, "all_special_tokens", None) or []
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    added = [str(tok) for tok in decoder.values() if getattr(tok, "special", False)]
+    return sorted({str(t) for t in [*named, *added] if str(t)})
+
+
+def check_no_special_text(tokenizer: PreTrainedTokenizerBase, messages: list[Message],
+                          where: str) -> None:
+    """Message contents go through the chat template, whose output is tokenized with special
+    tokens recognised (the template writes its own); so a content holding the *text* of a
+    special token (``<|eos|>``) would become that control token. Such rows are errors."""
+    markers = special_texts(tokenizer)
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        if not isinstance(content, str):
+            continue
+        for marker in markers:
+            if marker in content:
+                raise DataError(
+                    f"{where}: message {i} contains the special-token text {marker!r}, which the "
+                    "chat template would turn into a control token; remove or rewrite it "
+                    "(plain string rows are tokenized with such text kept as ordinary text)")
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, special: bool,
+           data_text: bool = False, where: Sequence[str] | None = None) -> list[list[int]]:
+    """Token ids of each text (batched); ``special`` adds the tokenizer's default specials.
+
+    ``data_text``: the texts come from data rows, so special-token text in them (``<|eos|>``)
+    is tokenized as ordinary text (``split_special_tokens``) and never becomes a control
+    token; a tokenizer that cannot do that raises :class:`DataError` naming ``where[i]``."""
     if not texts:
         return []
-    ids = tokenizer(texts, add_special_tokens=special)["input_ids"]
-    return [list(x) for x in ids]
+    if not data_text:
+        return [list(x) for x in tokenizer(texts, add_special_tokens=special)["input_ids"]]
+    ids = [list(x) for x in tokenizer(texts, add_special_tokens=special,
+                                      split_special_tokens=True)["input_ids"]]
+    # unknown characters legitimately become the unk token; every other special must not appear
+    specials = set(getattr(tokenizer, "all_special_ids", None) or []) - {getattr(tokenizer, "unk_token_id", None)}
+    if specials:
+        added = sum(i in specials for i in tokenizer([""], add_special_tokens=special)["input_ids"][0])
+        for n, row in enumerate(ids):
+            if sum(i in specials for i in row) > added:
+                place = where[n] if where is not None else f"text {n}"
+                raise DataError(f"{place}: the text holds special-token text that this tokenizer "
+                                "turns into control tokens even with split_special_tokens; remove it")
+    return ids
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Content, where: str = "prompt") -> str:
@@ -177,7 +223,8 @@ def tokenize_prompt(
         where = "prompt"
         prompt = check_content(example, where, "prompt", allow_empty=True)
     text = render_prompt(tokenizer, prompt, where)
-    ids = encode(tokenizer, [text], special=isinstance(prompt, str))[0]
+    plain = isinstance(prompt, str)
+    ids = encode(tokenizer, [text], special=plain, data_text=plain, where=[where])[0]
     return keep_end(ids, max_prompt_length)
 
 
@@ -205,7 +252,45 @@ class PromptDataset(RowDataset[PromptExample]):
         return f"PromptDataset({len(self)} rows, extras={extras})"
 
     def tokenize(
-        self, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int | None = None
+        self, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int | None = None,
+        truncation: str = "truncate_prompt", why: str = "",
     ) -> list[list[int]]:
-        """Token ids of every prompt (see :func:`tokenize_prompt`)."""
-        return [tokenize_prompt(tokenizer, e, max_prompt_length) for e in self.examples]
+        """Token ids of every prompt (see :func:`tokenize_prompt`).
+
+        A prompt longer than ``max_prompt_length`` tokens follows ``truncation``:
+        ``"truncate_prompt"`` keeps its end, ``"drop"`` removes the example from this data set
+        (so ids and examples stay aligned; ``num_dropped`` and ``dropped_locations`` report
+        it, and a warning names the first ones), ``"error"`` raises a :class:`DataError`
+        naming the row. ``why`` says where the limit comes from, for the messages."""
+        if truncation not in PROMPT_TRUNCATION:
+            raise ConfigError(f"data.truncation: unknown value {truncation!r}"
+                              f"{did_you_mean(truncation, PROMPT_TRUNCATION)}; choose one of: "
+                              f"{', '.join(PROMPT_TRUNCATION)}")
+        self.num_dropped, self.dropped_locations = 0, []
+        if truncation == "truncate_prompt" or max_prompt_length is None:
+            return [tokenize_prompt(tokenizer, e, max_prompt_length) for e in self.examples]
+        kept: list[PromptExample] = []
+        ids: list[list[int]] = []
+        source = f" ({why})" if why else ""
+        for example in self.examples:
+            row = tokenize_prompt(tokenizer, example)
+            if len(row) <= max_prompt_length:
+                kept.append(replace(example, index=len(kept)))
+                ids.append(row)
+            elif truncation == "error":
+                raise DataError(
+                    f"{example.location}: the prompt has {len(row)} tokens, more than the limit of "
+                    f"{max_prompt_length}{source}; shorten it, or set data.truncation to "
+                    "'truncate_prompt' (keep its end) or 'drop'")
+            else:
+                self.dropped_locations.append(example.location)
+        self.num_dropped = len(self.dropped_locations)
+        if not kept:
+            raise DataError(f"all {len(self.examples)} prompts are longer than {max_prompt_length} "
+                            f"tokens{source} and were dropped (data.truncation=drop)")
+        if self.num_dropped:
+            logger.warning("dropped %d of %d prompts longer than %d tokens%s (data.truncation="
+                           "drop); first: %s", self.num_dropped, len(self.examples),
+                           max_prompt_length, source, ", ".join(self.dropped_locations[:SHOWN]))
+        self.examples = kept
+        return ids

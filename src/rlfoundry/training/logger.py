@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from rlfoundry.config.schema import LoggingConfig
 from rlfoundry.errors import OutputError
+from rlfoundry.safe_text import escape_control
 from rlfoundry.training.backends import open_backends
 from rlfoundry.training.storage import describe_write_failure
 
@@ -66,7 +67,9 @@ class MetricsLogger:
             backend.log(step, {f"time/{k}": v for k, v in timings.items()})
 
     def write(self, text: str) -> None:
-        self._bar.write(text)
+        """A message line on the console (above the progress bar). Control characters are
+        escaped: messages quote reward exceptions and completions, which a model writes."""
+        self._bar.write(escape_control(text))
 
     def close(self) -> None:
         self._bar.close()

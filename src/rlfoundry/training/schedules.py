@@ -16,6 +16,7 @@ YAML::
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -144,6 +145,65 @@ def build_schedule(spec: Mapping[str, Any] | None, target: str, base: float, whe
         raise ConfigError(f"{where}: {e}") from None
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+PROBE_RUNS = (1, 2, 3, 10, 100, 1000)  # run lengths (steps) a schedule is checked over
+PROBE_UPDATES = 1000  # controller updates per probe
+
+
+class _Every(Mapping[str, float]):
+    """Metrics in which every name has the same value (drives a controller one way)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __getitem__(self, key: str) -> float:
+        return self.value
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def check_range(schedule: Schedule | None, where: str, *, positive: bool) -> None:
+    """Probe ``schedule`` on copies: every step of runs of :data:`PROBE_RUNS` lengths (sampled
+    for long runs), and for a controller :data:`PROBE_UPDATES` updates with metrics far below
+    and far above its thresholds. A value that is NaN/inf, negative, or zero when ``positive``
+    (a learning-rate multiplier) is a :class:`ConfigError` naming ``where``, the step and the
+    value; so are a NaN/inf option and an option that makes the schedule fail."""
+    if schedule is None:
+        return
+    bound = "> 0" if positive else ">= 0"
+
+    def check(value: float, when: str) -> None:
+        ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
+        if not ok:
+            raise ConfigError(f"{where}: the {schedule.target} schedule reaches {value:.6g} {when}; "
+                              f"it must stay finite and {bound} (check its options)")
+
+    for name in schedule.options:
+        value = getattr(schedule, name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}.{name}: {value} is not a finite number")
+    try:
+        for total in PROBE_RUNS:
+            probe = copy.deepcopy(schedule)
+            for step in sorted({*range(0, total + 1, max(1, total // 100)), total}):
+                check(float(probe.value(step, total)), f"at step {step} of a {total}-step run")
+        if type(schedule).update is not Schedule.update:
+            for level in (-1e9, 1e9):
+                probe = copy.deepcopy(schedule)
+                for n in range(1, PROBE_UPDATES + 1):
+                    probe.update(_Every(level))
+                    check(float(probe.value(n, PROBE_UPDATES)),
+                          f"after {n} updates with its metric at {level:g}")
+    except ConfigError:
+        raise
+    except (ArithmeticError, TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: the schedule fails with these options: "
+                          f"{type(e).__name__}: {e}") from None
 
 
 def loss_components(loss_fn) -> list[Any]:
