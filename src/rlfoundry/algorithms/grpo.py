@@ -46,6 +46,7 @@ from rlfoundry.algorithms.grpo_grouping import GroupedRound, group_size_of, reso
 from rlfoundry.algorithms.reference import build_reference, reference_module
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.config import RunConfig
+from rlfoundry.data.lengths import tokenize_grpo_prompts
 from rlfoundry.data.prompts import render_prompt
 from rlfoundry.ops.lm_head import response_embeddings, token_logprobs
 from rlfoundry.rewards import RewardResult
@@ -123,9 +124,7 @@ class GRPOTrainer(Trainer):
         builtin = isinstance(data.train, str) and data.train.startswith("builtin:")
         self.eval_set = (grpo_config.prompt_dataset(eval_dataset, data, "eval")
                          if eval_dataset is not None or data.eval is not None or builtin else None)
-        from rlfoundry.data.lengths import tokenize_grpo_prompts  # bounded by the model's context
-
-        self.train_prompts, self.eval_prompts = tokenize_grpo_prompts(
+        self.train_prompts, self.eval_prompts = tokenize_grpo_prompts(  # bounded by the context
             self.config, self.model, self.tokenizer, self.train_set, self.eval_set)
         return len(self.train_prompts)
 
