@@ -329,7 +329,8 @@ class GRPOTrainer(Trainer):
     def _policy_forward(self, model, batch: dict[str, Any], embed: bool):
         """Token log-probs (entropy, hidden states as needed) of the batch, plus value
         predictions with a value head: the training forward, run through DDP/FSDP2."""
-        with_entropy = bool(self.loss_fn.cfg.get("entropy_coef", 0.0))
+        with_entropy = bool(getattr(self.loss_fn, "needs_entropy",
+                                    self.loss_fn.cfg.get("entropy_coef", 0.0)))
         out = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
                              with_entropy=with_entropy, return_hidden=self.value_head is not None or embed,
                              temperature=self.temperature)
