@@ -224,7 +224,6 @@ def test_grpo_with_kl_at_step_one_has_exactly_zero_gradient(tmp_path):
     turned that noise into a full-size update)."""
     from rlfoundry.algorithms.grpo import GRPOTrainer
     from rlfoundry.ops import lm_head
-
     from tests.test_grpo_trainer import config
 
     cfg = config(tmp_path, {"loss": {"type": "grpo", "beta": 0.1},
@@ -253,7 +252,6 @@ def test_grpo_with_kl_at_step_one_has_exactly_zero_gradient(tmp_path):
 def test_dpo_at_step_one_is_exactly_log2_with_zero_margins(tmp_path, share_prompt):
     from rlfoundry.algorithms.dpo import DPOTrainer
     from rlfoundry.algorithms.reference import pair_token_logprobs, reference_module
-
     from tests.test_dpo_trainer import run_config
 
     cfg = run_config(tmp_path, max_steps=1)
