@@ -75,48 +75,61 @@ def test_orpo_loss_and_gradient_near_zero_log_prob(a_c):
 # ---------------------------------------------------------------- 2. empty micro-batch
 
 
-def _empty_inputs(name, fn):
-    """An empty micro-batch (no sequences) in the input form ``fn`` reads."""
+def _empty_inputs():
+    """An empty micro-batch (no sequences) carrying every key some built-in loss reads."""
     logp = torch.zeros(0, 6, dtype=torch.float64, requires_grad=True)
-    if isinstance(fn, DPOLossFn):
-        c = torch.zeros(0, dtype=torch.float64, requires_grad=True)
-        r = torch.zeros(0, dtype=torch.float64, requires_grad=True)
-        z = torch.zeros(0, dtype=torch.float64)
-        batch = {"reference_chosen_logps": z, "reference_rejected_logps": z,
-                 "chosen_token_counts": z, "rejected_token_counts": z}
-        return batch, {"policy_chosen_logps": c, "policy_rejected_logps": r}, [c, r]
-    empty = torch.zeros(0, 6, dtype=torch.float64)
-    batch = {"response_mask": torch.zeros(0, 6, dtype=torch.bool), "advantages": torch.zeros(0),
-             "reference_logprobs": empty, "old_logprobs": empty, "loss_mask": empty.bool(),
-             "labels": torch.zeros(0, 6, dtype=torch.long)}
-    return batch, {"logprobs": logp, "entropy": empty}, [logp]
+    emb = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    chosen = torch.zeros(0, dtype=torch.float64, requires_grad=True)
+    rejected = torch.zeros(0, dtype=torch.float64, requires_grad=True)
+    z, e = torch.zeros(0, dtype=torch.float64), torch.zeros(0, 6, dtype=torch.float64)
+    batch = {"response_mask": torch.zeros(0, 6, dtype=torch.bool), "advantages": z,
+             "reference_logprobs": e, "old_logprobs": e,
+             "input_ids": torch.zeros(0, 7, dtype=torch.long),
+             "reference_chosen_logps": z, "reference_rejected_logps": z,
+             "chosen_token_counts": z, "rejected_token_counts": z,
+             "group_id": torch.zeros(0, dtype=torch.long), "is_chosen": z.bool(),
+             "target_embeddings": torch.zeros(0, 4, dtype=torch.float64),
+             "num_sequences": 0, "num_tokens": 0, "global_num_sequences": 4,
+             "global_num_tokens": 10}
+    outputs = {"logprobs": logp, "entropy": e, "policy_chosen_logps": chosen,
+               "policy_rejected_logps": rejected, "response_embeddings": emb}
+    return batch, outputs, [logp, emb, chosen, rejected]
 
 
-GRPO_AND_DPO = sorted(n for n in LossFunctionRegistry.names()
-                      if issubclass(LossFunctionRegistry.get(n), (GRPOLossFn, DPOLossFn)))
+BUILTIN = sorted(n for n in LossFunctionRegistry.names()
+                 if LossFunctionRegistry.get(n).__module__.startswith("rlfoundry."))
+OPTIONS = {
+    "dr_grpo": {"max_completion_length": 6},
+    "safety": {"banned_phrases": ["ab"]},
+    "composite": {"components": [{"type": "sigmoid"}, {"type": "fluency", "weight": 0.5}]},
+    "multi_objective_dpo": {"auxiliary_losses": ["perplexity"]},
+    "multi_objective_grpo": {"auxiliary_losses": ["fluency"]},
+    "dynamic_multi_objective": {"objectives": {"a": {"type": "grpo"},
+                                               "b": {"type": "coherence"}}},
+}
 
 
-def _build(name):
-    cfg = {"type": name, "beta": 0.1}
-    if name == "dr_grpo":
-        cfg["max_completion_length"] = 6
-    return LossFunctionRegistry.build(cfg)
+def _build(name, tokenizer=None):
+    fn = LossFunctionRegistry.build({"type": name, **OPTIONS.get(name, {})})
+    if hasattr(fn, "bind_tokenizer") and tokenizer is not None:
+        fn.bind_tokenizer(tokenizer)
+    return fn
 
 
-def test_every_grpo_and_dpo_loss_is_covered():
+def test_every_builtin_loss_is_covered():
     assert {"grpo", "dr_grpo", "gspo", "cispo", "sapo", "gspo_token", "sigmoid", "ipo", "orpo",
-            "exo_pair", "dpo", "bnpo", "dapo", "dynamic_grpo"} <= set(GRPO_AND_DPO)
+            "exo_pair", "dpo", "bnpo", "dapo", "dynamic_grpo", "nll", "composite",
+            "consistency"} <= set(BUILTIN)
 
 
-@pytest.mark.parametrize("name", GRPO_AND_DPO)
-def test_empty_micro_batch_gives_zero_in_graph_and_a_counter(name):
-    fn = _build(name)
-    batch, outputs, leaves = _empty_inputs(name, fn)
+@pytest.mark.parametrize("name", BUILTIN)
+def test_empty_micro_batch_gives_zero_in_graph_and_a_counter(name, tokenizer):
+    fn = _build(name, tokenizer)
+    batch, outputs, leaves = _empty_inputs()
     loss, metrics = fn(batch, outputs)
     assert loss.item() == 0.0 and loss.requires_grad  # joins the graph: backward runs
     loss.backward()
-    for leaf in leaves:
-        assert leaf.grad is not None and leaf.grad.numel() == 0
+    assert any(leaf.grad is not None for leaf in leaves)
     assert all(math.isfinite(float(v)) for v in metrics.values())
     assert float(metrics["empty_batches"]) == 1.0 and fn.empty_batches == 1
 
@@ -270,3 +283,61 @@ def test_dpo_at_step_one_is_exactly_log2_with_zero_margins(tmp_path, share_promp
     assert metrics["loss"] == float(torch.tensor(math.log(2.0)))
     assert metrics["chosen_rewards_mean"] == 0.0 and metrics["rejected_rewards_mean"] == 0.0
     assert metrics["reward_gap"] == 0.0
+
+
+def _cut(d):
+    return {k: v[:0] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in d.items()}
+
+
+class _EmptyView:
+    """The trainer's loss, called on the rows [:0] of a real micro-batch: an empty
+    micro-batch as the loss sees it (the model itself cannot run zero rows)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __getattr__(self, key):
+        return getattr(self.fn, key)
+
+    def __call__(self, batch, outputs):
+        return self.fn(_cut(batch), _cut(outputs))
+
+
+def _add_empty_micro_batch(t):
+    real_batches, real_step = t.micro_batches, t.micro_step
+
+    def micro_batches(indices):
+        probe = {**t.collate([0]), "num_sequences": 0, "num_tokens": 0, "empty_probe": True}
+        return [*real_batches(indices), probe]
+
+    def micro_step(batch):
+        if not batch.pop("empty_probe", False):
+            return real_step(batch)
+        fn, t.loss_fn = t.loss_fn, _EmptyView(t.loss_fn)
+        try:
+            return real_step(batch)
+        finally:
+            t.loss_fn = fn
+
+    t.micro_batches, t.micro_step = micro_batches, micro_step
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "gspo"])
+def test_empty_micro_batch_inside_a_step_changes_nothing(tmp_path, loss_type):
+    """A step whose micro-batches include an empty one trains exactly like the same step
+    without it (weight 0, zero loss, zero gradient; before, its NaN loss poisoned the step)."""
+    from tests.test_grpo_trainer import config, params, trainer64
+
+    algo = {"loss": {"type": loss_type, "max_completion_length": 5}
+            if loss_type == "dr_grpo" else {"type": loss_type}}
+    runs = []
+    for add_empty in (False, True):
+        t = trainer64(config(tmp_path / str(add_empty), algo, max_steps=1))
+        if add_empty:
+            _add_empty_micro_batch(t)
+        metrics = t.train()
+        assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
+        runs.append((metrics, params(t.model)))
+    (m0, p0), (m1, p1) = runs
+    assert m1["grad_norm"] == m0["grad_norm"] and m1["loss"] == m0["loss"]
+    assert torch.equal(p0, p1)
