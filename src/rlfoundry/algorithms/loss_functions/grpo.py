@@ -233,6 +233,15 @@ def kl_estimate(
     )
 
 
+def wants_entropy(loss_fn: Any) -> bool:
+    """Whether the trainer should ask the lm-head pass for per-token entropies: the loss's
+    ``needs_entropy`` where it has one, else a non-zero ``entropy_coef`` in its ``cfg``."""
+    needs = getattr(loss_fn, "needs_entropy", None)
+    if needs is not None:
+        return bool(needs)
+    return bool(getattr(loss_fn, "cfg", {}).get("entropy_coef", 0.0))
+
+
 @LossFunctionRegistry.register("grpo")
 class GRPOLossFn:
     """Clipped group-relative policy-gradient loss: GRPO (Shao et al. 2024) and variants.
