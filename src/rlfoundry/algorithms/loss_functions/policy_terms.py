@@ -58,6 +58,8 @@ def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float)
     ``quantile = 1`` keeps every valid token. Computed over this micro-batch's tokens."""
     if quantile >= 1 or not bool(mask.any()):
         return mask
-    values = entropy.detach()[mask].float()
-    threshold = torch.quantile(values, 1.0 - quantile)
-    return mask & (entropy.detach() >= threshold.to(entropy.dtype))
+    entropy = entropy.detach()
+    if entropy.dtype in (torch.float16, torch.bfloat16):  # torch.quantile wants float32/64
+        entropy = entropy.float()
+    threshold = torch.quantile(entropy[mask], 1.0 - quantile)
+    return mask & (entropy >= threshold)
