@@ -168,8 +168,9 @@ def reinforce_pp_advantages(
     baseline: str = "group",
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """REINFORCE++ (Hu et al. 2025, arXiv:2501.03262): reward minus a baseline, then
-    normalised over the whole batch: ``A = (d - mean_B d) / (std_B d + eps)``.
+    """REINFORCE++ (Hu et al. 2025): reward minus a baseline, normalised over the batch.
+
+    arXiv:2501.03262. ``A = (d - mean_B d) / (std_B d + eps)`` where:
 
     ``baseline: group`` (REINFORCE++-baseline, OpenRLHF's ``reinforce_baseline``): ``d_i =
     r_i - mean_g`` over the group's valid rewards; ``batch`` (plain REINFORCE++ on outcome
