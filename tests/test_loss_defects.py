@@ -231,7 +231,8 @@ def _records(path):
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_grpo_with_kl_at_step_one_has_exactly_zero_gradient(tmp_path):
+@pytest.mark.parametrize("micro_batch_size", [None, 2])
+def test_grpo_with_kl_at_step_one_has_exactly_zero_gradient(tmp_path, micro_batch_size):
     """Policy == reference and every advantage 0: the true gradient is 0, and so must be
     the computed one (before the fix the two log-prob paths differed at 1e-7 and AdamW
     turned that noise into a full-size update)."""
@@ -241,7 +242,7 @@ def test_grpo_with_kl_at_step_one_has_exactly_zero_gradient(tmp_path):
 
     cfg = config(tmp_path, {"loss": {"type": "grpo", "beta": 0.1},
                             "rewards": [{"name": "tests.test_loss_defects:constant_reward"}]},
-                 max_steps=1)
+                 max_steps=1, micro_batch_size=micro_batch_size)
     trainer = GRPOTrainer(config=cfg)  # float32, as a user runs it
     seen = {}
     real = lm_head.gather_logprobs
@@ -262,23 +263,26 @@ def test_grpo_with_kl_at_step_one_has_exactly_zero_gradient(tmp_path):
 
 
 @pytest.mark.parametrize("share_prompt", [False, True])
-def test_dpo_at_step_one_is_exactly_log2_with_zero_margins(tmp_path, share_prompt):
+@pytest.mark.parametrize("precompute", [False, True])
+def test_dpo_at_step_one_is_exactly_log2_with_zero_margins(tmp_path, share_prompt, precompute):
     from rlfoundry.algorithms.dpo import DPOTrainer
     from rlfoundry.algorithms.reference import pair_token_logprobs, reference_module
     from tests.test_dpo_trainer import run_config
 
     cfg = run_config(tmp_path, max_steps=1)
     cfg["data"]["share_prompt"] = share_prompt
-    trainer = DPOTrainer(config=cfg)  # float32, live reference
-    trainer.setup_data()
-    assert trainer.packed is share_prompt
-    batch = trainer.collate(list(range(4)))
-    with reference_module(trainer.ref_model) as ref, torch.no_grad():
-        ref_lp = pair_token_logprobs(ref, batch).logprobs
-    trainer.model.train()
-    pol_lp = pair_token_logprobs(trainer.model, batch).logprobs
-    assert pol_lp.requires_grad
-    assert torch.equal(pol_lp.detach(), ref_lp)
+    cfg["reference"] = {"precompute": precompute, "cache_dir": str(tmp_path / "cache")}
+    trainer = DPOTrainer(config=cfg)  # float32
+    if not precompute:  # the live reference: token by token equal to the policy
+        trainer.setup_data()
+        assert trainer.packed is share_prompt
+        batch = trainer.collate(list(range(4)))
+        with reference_module(trainer.ref_model) as ref, torch.no_grad():
+            ref_lp = pair_token_logprobs(ref, batch).logprobs
+        trainer.model.train()
+        pol_lp = pair_token_logprobs(trainer.model, batch).logprobs
+        assert pol_lp.requires_grad
+        assert torch.equal(pol_lp.detach(), ref_lp)
     metrics = trainer.train()
     assert metrics["loss"] == float(torch.tensor(math.log(2.0)))
     assert metrics["chosen_rewards_mean"] == 0.0 and metrics["rejected_rewards_mean"] == 0.0
