@@ -374,6 +374,9 @@ class DPOLossFn:
     ``beta`` is read from ``self.reference_policy_kl_penalty`` on every call, so a subclass
     may change it between calls (e.g. a beta schedule). Subclasses may accept config keys of
     their own (listed in ``extra_config_keys`` or read from ``self.cfg``).
+
+    An empty micro-batch (no pairs) gives a zero loss inside the graph and the metric
+    ``empty_batches`` (``loss_functions/empty.py``), never NaN.
     """
 
     reduction = "sequence"
