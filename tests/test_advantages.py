@@ -143,9 +143,9 @@ def test_compute_advantages():
 
 def test_registry_docs_and_input_checks():
     described = ADVANTAGE_ESTIMATORS.describe()
-    assert set(described) == {"grpo", "rloo", "dr_grpo"}
+    assert set(described) == {"grpo", "rloo", "dr_grpo", "grpo_loo_std", "reinforce_pp"}
     assert "Shao" in described["grpo"] and "Ahmadian" in described["rloo"]
-    assert "Liu" in described["dr_grpo"]
+    assert "Liu" in described["dr_grpo"] and "Hu et al" in described["reinforce_pp"]
     rewards = torch.tensor([1.0, 2.0, 3.0])
     with pytest.raises(DataError, match="disjoint"):
         ADVANTAGE_ESTIMATORS.get("grpo")(rewards, [torch.tensor([0, 1]), torch.tensor([1, 2])])

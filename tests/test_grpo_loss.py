@@ -17,7 +17,10 @@ from rlfoundry.algorithms.loss_functions.grpo import validate_grpo_loss_config
 from rlfoundry.errors import ConfigError, DataError
 
 L_MAX = 8  # max_completion_length for dr_grpo
-TOKEN_TYPES = {"bnpo", "dapo"}
+TOKEN_TYPES = {"bnpo", "dapo", "cispo", "sapo"}
+# the types whose policy term is the clipped surrogate ref_loss implements; gspo_token, cispo
+# and sapo have their own float64 references in tests/test_objectives_frontier.py
+CLIPPED_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo", "gspo")
 
 # ---------------------------------------------------------------- scalar reference (math)
 
@@ -223,7 +226,7 @@ SCENARIOS: dict[str, dict] = {
 SEED = 12  # data on which every branch is active (see test_scenarios_exercise_their_branches)
 CASES = [
     (loss_type, scenario, token_adv)
-    for loss_type in GRPO_LOSS_TYPES
+    for loss_type in CLIPPED_TYPES
     for scenario in SCENARIOS
     for token_adv in ([False] if loss_type == "gspo" else [False, True])  # gspo: per sequence
 ]
@@ -360,7 +363,7 @@ def test_split_exactness(loss_type):
         loss_type,
         beta=0.1,
         entropy_coef=0.01,
-        dual_clip_c=1.5,
+        dual_clip_c=None if loss_type in ("cispo", "sapo") else 1.5,
         truncated_is_cap=1.5,
         mask_truncated_completions=True,
         value_loss_coef=0.3,

@@ -127,6 +127,102 @@ def rloo_advantages(rewards: torch.Tensor, groups: Sequence[torch.Tensor]) -> to
     return out
 
 
+@ADVANTAGE_ESTIMATORS.register("grpo_loo_std")
+def grpo_loo_std_advantages(
+    rewards: torch.Tensor, groups: Sequence[torch.Tensor], *, eps: float = 1e-4
+) -> torch.Tensor:
+    """GRPO with leave-one-out statistics: ``(r_i - mean_{-i}) / (std_{-i} + eps)``.
+
+    ``mean_{-i}`` and ``std_{-i}`` (unbiased) are over the *other* valid rewards of the
+    group (the leave-one-out baseline of NeMo RL's ``use_leave_one_out_baseline``, Ahmadian
+    et al. 2024, with the scale left out the same way), so a sample's own reward is in
+    neither its baseline nor its scale. Where ``std_{-i}`` is 0 (all others equal, or fewer
+    than two others) the group's std is used instead, so a lone success among failures gets
+    a bounded advantage rather than ``1 / eps``. Constant groups and singletons get 0.
+    """
+    rewards = _check(rewards, groups)
+    out = torch.zeros_like(rewards)
+    for g in groups:
+        idx = _valid(rewards, g)
+        values = rewards[idx]
+        if _constant(values):
+            continue
+        k = values.numel()
+        for j in range(k):
+            others = torch.cat([values[:j], values[j + 1:]])
+            scale = _std(others)
+            if scale == 0:
+                scale = values.std()
+            out[idx[j]] = (values[j] - others.mean()) / (scale + eps)
+    return out
+
+
+REINFORCE_BASELINES: tuple[str, ...] = ("group", "batch")
+
+
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp")
+def reinforce_pp_advantages(
+    rewards: torch.Tensor,
+    groups: Sequence[torch.Tensor],
+    *,
+    baseline: str = "group",
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """REINFORCE++ (Hu et al. 2025): reward minus a baseline, normalised over the batch.
+
+    arXiv:2501.03262. ``A = (d - mean_B d) / (std_B d + eps)`` where:
+
+    ``baseline: group`` (REINFORCE++-baseline, OpenRLHF's ``reinforce_baseline``): ``d_i =
+    r_i - mean_g`` over the group's valid rewards; ``batch`` (plain REINFORCE++ on outcome
+    rewards): ``d_i = r_i``, the batch mean being the baseline. ``mean_B`` / ``std_B``
+    (unbiased) run over every grouped sample with a valid reward; unlike ``grpo`` no group's
+    own std divides. Samples outside groups or with a NaN reward get 0, and so does every
+    sample when the batch's ``d`` is constant.
+    """
+    if baseline not in REINFORCE_BASELINES:
+        raise ConfigError(
+            f"algorithm.advantage.baseline: unknown value {baseline!r}"
+            f"{did_you_mean(baseline, REINFORCE_BASELINES)}; choose one of: "
+            f"{', '.join(REINFORCE_BASELINES)}"
+        )
+    rewards = _check(rewards, groups)
+    valid = [_valid(rewards, g) for g in groups]
+    out = torch.zeros_like(rewards)
+    if not valid:
+        return out
+    everyone = torch.cat(valid)
+    d = rewards.clone()
+    if baseline == "group":
+        for idx in valid:
+            if idx.numel():
+                d[idx] = rewards[idx] - rewards[idx].mean()
+    return _whitened(d, everyone, eps, out)
+
+
+def _whitened(values: torch.Tensor, idx: torch.Tensor, eps: float,
+              out: torch.Tensor) -> torch.Tensor:
+    """``out`` with ``(values - mean) / (std + eps)`` written at ``idx`` (stats over ``idx``);
+    left as it is when the values there are constant."""
+    chosen = values[idx]
+    if _constant(chosen):
+        return out
+    out = out.clone()
+    out[idx] = (chosen - chosen.mean()) / (chosen.std() + eps)
+    return out
+
+
+def whiten_advantages(advantages: torch.Tensor, rewards: torch.Tensor,
+                      groups: Sequence[torch.Tensor], eps: float = 1e-8) -> torch.Tensor:
+    """``algorithm.advantage.whiten``: advantages shifted and scaled to mean 0 and (unbiased)
+    std 1 over the grouped samples with a valid reward, after the estimator and before
+    ``clip``; other samples keep their advantage (0). Constant advantages stay as they are."""
+    rewards = _check(rewards, groups)
+    valid = [_valid(rewards, g) for g in groups]
+    if not valid:
+        return advantages
+    return _whitened(advantages, torch.cat(valid), eps, advantages)
+
+
 def clip_advantages(advantages: torch.Tensor, clip: float | None) -> torch.Tensor:
     """Clamp advantages to ``[-clip, clip]``; ``None`` leaves them unchanged."""
     if clip is None:
@@ -173,9 +269,11 @@ def compute_advantages(
     groups: Sequence[torch.Tensor],
     *,
     clip: float | None = None,
+    whiten: bool = False,
     **options: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Advantages from the estimator registered as ``name``, clipped, and the group stats."""
+    """Advantages from the estimator registered as ``name``, whitened across the batch when
+    ``whiten``, clipped, and the group stats."""
     fn = ADVANTAGE_ESTIMATORS.get(name)
     params = inspect.signature(fn).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -186,5 +284,22 @@ def compute_advantages(
                     f"advantage estimator '{name}' has no option '{key}'"
                     f"{did_you_mean(key, allowed)}; its options: {', '.join(allowed) or '(none)'}"
                 )
-    advantages = clip_advantages(fn(rewards, groups, **options), clip)
+    advantages = fn(rewards, groups, **options)
+    if whiten:
+        advantages = whiten_advantages(advantages, rewards, groups)
+    advantages = clip_advantages(advantages, clip)
     return advantages, group_reward_stats(rewards, groups)
+
+
+# estimator -> {option: the AdvantageConfig field passed as that option}
+_CONFIG_OPTIONS = {"grpo": {"scale_rewards": "scale_rewards"}, "reinforce_pp": {"baseline": "baseline"}}
+
+
+def compute_configured_advantages(cfg: Any, rewards: torch.Tensor, groups: Sequence[torch.Tensor]
+                                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`compute_advantages` as ``algorithm.advantage`` (``cfg``) configures it:
+    ``estimator``, its options (``scale_rewards`` for grpo, ``baseline`` for reinforce_pp),
+    ``whiten`` and ``clip``."""
+    options = {opt: getattr(cfg, field) for opt, field in _CONFIG_OPTIONS.get(cfg.estimator, {}).items()}
+    return compute_advantages(cfg.estimator, rewards, groups, clip=cfg.clip,
+                              whiten=bool(getattr(cfg, "whiten", False)), **options)

@@ -37,12 +37,13 @@ from typing import Any
 import torch
 
 from rlfoundry.algorithms import grpo_config, grpo_grouping, mismatch
-from rlfoundry.algorithms.advantages import compute_advantages
+from rlfoundry.algorithms.advantages import compute_configured_advantages
 from rlfoundry.algorithms.grouping import GROUPINGS, GroupingContext, needs_embeddings
 from rlfoundry.algorithms.grpo_buffer import TrainingBuffer, rows_logprobs
 from rlfoundry.algorithms.grpo_embeddings import SampleEmbedder, target_column
 from rlfoundry.algorithms.grpo_eval import eval_metrics, greedy_responses
 from rlfoundry.algorithms.grpo_grouping import GroupedRound, group_size_of, resolve_grouping
+from rlfoundry.algorithms.loss_functions.grpo import wants_entropy
 from rlfoundry.algorithms.reference import build_reference, reference_module
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.config import RunConfig
@@ -150,10 +151,8 @@ class GRPOTrainer(Trainer):
         return needs_embeddings(self.grouping, self.grouping_context(batch_size, **context))
 
     def compute_advantages(self, rewards: torch.Tensor, groups: list[torch.Tensor]):
-        """Advantages ``[N]`` (and group statistics) from the configured estimator."""
-        adv = self.config.algorithm.advantage
-        options = {"scale_rewards": adv.scale_rewards} if adv.estimator == "grpo" else {}
-        return compute_advantages(adv.estimator, rewards, groups, clip=adv.clip, **options)
+        """Advantages ``[N]`` (and group statistics) from ``algorithm.advantage``."""
+        return compute_configured_advantages(self.config.algorithm.advantage, rewards, groups)
 
     def score_rollout(self, prompts: list[Any], responses: list[str], columns: dict[str, list[Any]],
                       sample_ids: list[str]) -> tuple[RewardResult, str | None]:
@@ -329,7 +328,7 @@ class GRPOTrainer(Trainer):
     def _policy_forward(self, model, batch: dict[str, Any], embed: bool):
         """Token log-probs (entropy, hidden states as needed) of the batch, plus value
         predictions with a value head: the training forward, run through DDP/FSDP2."""
-        with_entropy = bool(self.loss_fn.cfg.get("entropy_coef", 0.0))
+        with_entropy = wants_entropy(self.loss_fn)
         out = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
                              with_entropy=with_entropy, return_hidden=self.value_head is not None or embed,
                              temperature=self.temperature)

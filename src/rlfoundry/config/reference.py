@@ -60,8 +60,26 @@ def render(model: type[BaseModel] = RunConfig, prefix: str = "") -> str:
     return out + "".join(sections)
 
 
+def render_registered() -> str:
+    """The built-in loss types and advantage estimators (``algorithm.loss.type``,
+    ``algorithm.advantage.estimator``), one line each from their docstrings. Names that user
+    code registers are left out, so the document depends only on the library."""
+    from rlfoundry.algorithms.advantages import ADVANTAGE_ESTIMATORS
+    from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
+
+    out = ""
+    for title, registry in (("algorithm.loss.type", LossFunctionRegistry),
+                            ("algorithm.advantage.estimator", ADVANTAGE_ESTIMATORS)):
+        rows = [f"| `{name}` | {doc.replace('|', chr(92) + '|')} |"
+                for name, doc in registry.describe().items()
+                if getattr(registry.get(name), "__module__", "").startswith("rlfoundry.")]
+        out += f"\n## Values of `{title}`\n\n| name | what it is |\n|---|---|\n"
+        out += "\n".join(rows) + "\n"
+    return out
+
+
 def render_document() -> str:
-    return HEADER + render()
+    return HEADER + render() + render_registered()
 
 
 if __name__ == "__main__":

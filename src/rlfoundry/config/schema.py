@@ -353,10 +353,17 @@ class RewardSpec(Section):
 
 
 class AdvantageConfig(Section):
-    estimator: str = Field("grpo", description="Registered estimator: 'grpo', 'rloo', 'dr_grpo', ...")
+    estimator: str = Field("grpo", description="Registered estimator: 'grpo', 'rloo', 'dr_grpo', "
+                           "'grpo_loo_std', 'reinforce_pp', ...")
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group", description="grpo: divide by the group std, the batch std, or nothing (Dr.GRPO).")
     clip: float | None = Field(None, gt=0, description="Clip advantages to [-clip, clip].")
+    # issue 16 (objectives): REINFORCE++ baseline and batch whitening
+    baseline: Literal["group", "batch"] = Field(
+        "group", description="reinforce_pp: subtract the group's mean reward (REINFORCE++-"
+        "baseline) or only the batch mean, before normalising over the batch.")
+    whiten: bool = Field(False, description="Shift and scale the advantages to mean 0, std 1 "
+                         "over the batch's grouped samples (after the estimator, before clip).")
 
 
 class DynamicSamplingConfig(Section):

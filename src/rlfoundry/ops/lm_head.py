@@ -33,25 +33,33 @@ def _logits(hidden, weight, bias, temperature):
     return logits
 
 
+def _chunk_forward(hidden, weight, bias, targets, temperature, with_entropy):
+    """log p(target) (and the entropy) of one chunk, without a graph: the one forward
+    computation of both paths (the policy's autograd op and the no-grad reference/old
+    log-probs), so identical weights and inputs give bit-identical log-probs."""
+    z = _logits(hidden, weight, bias, temperature)
+    z.sub_(z.amax(-1, keepdim=True))  # shifted logits: max 0 per row
+    shift_target = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if with_entropy:
+        e = z.exp()
+        total = e.sum(-1)
+        # sum_j p_j z_j without a third [n, V] buffer
+        ez = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).reshape(-1) / total
+    else:
+        e = z.exp_()
+        total = e.sum(-1)
+    log_total = total.log()
+    logp = shift_target - log_total
+    entropy = (log_total - ez) if with_entropy else None
+    return logp, entropy
+
+
 class _ChunkLogProbs(torch.autograd.Function):
     """log p(target) (and the entropy) of one chunk: hidden [n, H], weight [V, H] -> [n]."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy):
-        z = _logits(hidden, weight, bias, temperature)
-        z.sub_(z.amax(-1, keepdim=True).detach())  # shifted logits: max 0 per row
-        shift_target = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        if with_entropy:
-            e = z.exp()
-            total = e.sum(-1)
-            # sum_j p_j z_j without a third [n, V] buffer
-            ez = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).reshape(-1) / total
-        else:
-            e = z.exp_()
-            total = e.sum(-1)
-        log_total = total.log()
-        logp = shift_target - log_total
-        entropy = (log_total - ez) if with_entropy else None
+        logp, entropy = _chunk_forward(hidden, weight, bias, targets, temperature, with_entropy)
         ctx.save_for_backward(hidden, weight, bias, targets, logp, entropy if with_entropy else logp)
         ctx.temperature, ctx.with_entropy = temperature, with_entropy
         ctx.set_materialize_grads(False)
@@ -89,13 +97,9 @@ class _ChunkLogProbs(torch.autograd.Function):
 
 def _chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
            targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0):
-    """Forward only (no graph): log-probs and, if asked, entropies of one chunk."""
-    z = _logits(hidden, weight, bias, temperature)
-    lse = torch.logsumexp(z, dim=-1)
-    logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    if not with_entropy:
-        return logp, None
-    return logp, lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+    """Forward only (no graph): log-probs and, if asked, entropies of one chunk; the same
+    computation as the autograd op's forward (:func:`_chunk_forward`)."""
+    return _chunk_forward(hidden, weight, bias, targets, temperature, with_entropy)
 
 
 def gather_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -136,6 +136,10 @@ class ComposableLossFunction:
             if self.reduction == "sum":
                 loss = loss * component_share(component, batch)
             terms.append(loss)
+        empty = [v for k, v in metrics.items() if k.endswith("/empty_batches")]
+        if empty:  # an empty micro-batch (loss_functions/empty.py): count it once, unprefixed
+            metrics["empty_batches"] = empty[0]
+            self.empty_batches = getattr(self, "empty_batches", 0) + 1
         return terms, metrics
 
     def __call__(self, batch, model_outputs) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -30,6 +30,7 @@ from typing import Any, TypedDict
 import torch
 import torch.nn.functional as F
 
+from rlfoundry.algorithms.loss_functions.empty import empty_batch_result, is_empty
 from rlfoundry.algorithms.loss_functions.options import NumberChecks, check_loss_options
 from rlfoundry.algorithms.loss_functions.registry import LossFunctionRegistry
 from rlfoundry.errors import ConfigError, DataError
@@ -54,7 +55,8 @@ class DPOLossConfig(TypedDict, total=False):
     # Which pairwise loss to use, one of DPO_LOSS_TYPES. Default "sigmoid" (plain DPO).
     loss_type: str
     # Probability that a preference label is flipped, in [0, 0.5); used by sigmoid (cDPO),
-    # robust, sigmoid_norm and simpo, and as epsilon by exo_pair. Default 0.0.
+    # robust, sigmoid_norm and simpo, and as epsilon by exo_pair. Default 0.0 (exo_pair:
+    # 1e-3, and a value below 1e-3 is rejected there).
     label_smoothing: float
     # Treat the reference log-probs as zero (no reference model needed). Default False.
     reference_free: bool
@@ -110,6 +112,7 @@ _REFERENCE_FREE_TYPES = frozenset({"simpo", "orpo"})
 _LENGTH_NORMALISED_TYPES = frozenset({"sigmoid_norm", "simpo", "orpo"})
 _LABEL_SMOOTHING_TYPES = ("sigmoid", "robust", "exo_pair", "sigmoid_norm", "simpo")
 _LN2 = math.log(2.0)
+EXO_MIN_EPSILON = 1e-3  # exo_pair's smallest label_smoothing (its epsilon; log(eps) in the loss)
 
 
 def validate_dpo_loss_config(
@@ -143,6 +146,15 @@ def validate_dpo_loss_config(
         raise ConfigError(
             f"{path}.label_smoothing: loss_type '{loss_type}' does not use label smoothing "
             f"(only {', '.join(_LABEL_SMOOTHING_TYPES)} do); remove it or set it to 0"
+        )
+    given = isinstance(cfg, Mapping) and "label_smoothing" in cfg
+    if loss_type == "exo_pair" and not given:
+        out["label_smoothing"] = EXO_MIN_EPSILON
+    if loss_type == "exo_pair" and out["label_smoothing"] < EXO_MIN_EPSILON:
+        raise ConfigError(
+            f"{path}.label_smoothing: loss_type 'exo_pair' uses it as its epsilon and needs "
+            f"a value in [{EXO_MIN_EPSILON}, 0.5) (its loss has log(epsilon), which diverges "
+            f"at 0), got {out['label_smoothing']!r}; set e.g. label_smoothing: 0.001"
         )
     return out
 
@@ -201,8 +213,11 @@ def _smoothed_logistic(z: torch.Tensor, ls: float) -> torch.Tensor:
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x < 0, accurate near 0 and for very negative x, finite gradients."""
-    x = x.clamp(max=-1e-6)
+    """log(1 - exp(x)) for x < 0, accurate to the last bits for every x < 0 (Maechler 2012):
+    ``log(-expm1(x))`` for ``x > -ln 2``, ``log1p(-exp(x))`` below. Exactly 0 has no finite
+    value (an empty response's average log-prob): inputs above ``-tiny`` (the dtype's smallest
+    normal number) are set to ``-tiny``, which leaves every negative float of interest alone."""
+    x = x.clamp(max=-torch.finfo(x.dtype).tiny)
     near = x > -_LN2
     a = torch.log(-torch.expm1(torch.where(near, x, torch.full_like(x, -_LN2))))
     b = torch.log1p(-torch.exp(torch.where(near, torch.full_like(x, -_LN2), x)))
@@ -227,7 +242,7 @@ def _ipo(p: _Pairs) -> torch.Tensor:
 
 
 def _exo_pair(p: _Pairs) -> torch.Tensor:
-    z, eps = p.beta * p.margin, max(p.label_smoothing, 1e-3)
+    z, eps = p.beta * p.margin, p.label_smoothing
     return torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps)) + torch.sigmoid(-z) * (
         F.logsigmoid(-z) - math.log(eps)
     )
@@ -335,7 +350,8 @@ class DPOLossFn:
     - ``ipo``: ``(h - 1/(2 beta))^2`` on summed log-probs, as in the IPO paper (TRL
       length-averages the log-probs for ipo; pass averaged log-probs to get that)
     - ``exo_pair``: ``sigma(z)(log sigma(z) - log(1-e)) + sigma(-z)(log sigma(-z) - log e)``,
-      ``z = beta h``, ``e = max(ls, 1e-3)``
+      ``z = beta h``, ``e = ls`` (``label_smoothing``, which exo_pair requires in
+      ``[1e-3, 0.5)``: ``log e`` diverges as ``e -> 0``)
     - ``nca_pair``: ``-log sigma(beta cl) - log sigma(-beta cl)/2 - log sigma(-beta rl)/2``
     - ``bco_pair``: ``-log sigma(beta cl - d) - log sigma(-(beta rl - d))``, ``d`` a running mean
       of the rewards (see below)
@@ -358,6 +374,9 @@ class DPOLossFn:
     ``beta`` is read from ``self.reference_policy_kl_penalty`` on every call, so a subclass
     may change it between calls (e.g. a beta schedule). Subclasses may accept config keys of
     their own (listed in ``extra_config_keys`` or read from ``self.cfg``).
+
+    An empty micro-batch (no pairs) gives a zero loss inside the graph and the metric
+    ``empty_batches`` (``loss_functions/empty.py``), never NaN.
     """
 
     reduction = "sequence"
@@ -495,6 +514,8 @@ class DPOLossFn:
                 f"chosen and rejected log-probs must both have shape [B]; got "
                 f"{tuple(chosen.shape)} and {tuple(rejected.shape)}"
             )
+        if is_empty(chosen):  # a mean over no pairs would be NaN: see loss_functions/empty.py
+            return empty_batch_result(self, chosen, rejected)
         if self.needs_token_counts:
             why = (
                 f"loss_type '{loss_type}'"

@@ -30,7 +30,15 @@ from typing import Any, TypedDict
 
 import torch
 
+from rlfoundry.algorithms.loss_functions.empty import empty_batch_result, is_empty
 from rlfoundry.algorithms.loss_functions.options import NumberChecks, check_loss_options
+from rlfoundry.algorithms.loss_functions.policy_terms import (
+    cispo_term,
+    clipped_term,
+    gspo_token_log_ratio,
+    sapo_term,
+    top_entropy_mask,
+)
 from rlfoundry.algorithms.loss_functions.registry import LossFunctionRegistry
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import did_you_mean
@@ -45,8 +53,11 @@ class GRPOLossConfig(TypedDict, total=False):
     # Estimator of the per-token KL from r = log pi_ref - log pi (Schulman 2020):
     # "k1" = -r, "k2" = r^2 / 2, "k3" = exp(r) - r - 1 (default, unbiased and >= 0).
     kl_estimator: str
-    # Clamp r to [-kl_clamp, kl_clamp] before the estimator, for stability. Default 10.0;
-    # null disables the clamp.
+    # Clamp r to [-kl_clamp, kl_clamp] before the estimator. The reason is k3's exp(r):
+    # r = log pi_ref - log pi can be large where the policy has moved far below the
+    # reference, and exp overflows (float32 at r > 88). The clamp also cuts the KL gradient
+    # of every token beyond the bound, both where the policy is far below the reference and
+    # far above it (r < -kl_clamp). Default 10.0; null disables it (safe for k1 and k2).
     kl_clamp: float | None
     # PPO clip range epsilon, in [0, 1). Default 0.2.
     clip_ratio: float
@@ -80,11 +91,21 @@ class GRPOLossConfig(TypedDict, total=False):
     # Weight of a value loss 0.5 * (V - returns)^2. Pure GRPO uses no value function, so the
     # default is 0.0; a value head is an option for users who want one.
     value_loss_coef: float
+    # sapo: temperatures of the soft gate for tokens with A > 0 / A <= 0 (SAPO paper: 1.0 and
+    # 1.05; tau_neg >= tau_pos damps negative updates faster). Must be > 0.
+    tau_pos: float
+    tau_neg: float
+    # Train the policy term only on the tokens whose entropy is in the top q quantile of the
+    # micro-batch's valid tokens (Wang et al. 2025, "80/20": q = 0.2); the trainer then asks
+    # the lm-head pass for entropies. In (0, 1]; default 1.0 (every token).
+    top_entropy_quantile: float
 
 
-GRPO_LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dapo", "dr_grpo", "gspo")
+GRPO_LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dapo", "dr_grpo", "gspo", "gspo_token",
+                                     "cispo", "sapo")
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
-_TOKEN_TYPES = frozenset({"bnpo", "dapo"})
+_TOKEN_TYPES = frozenset({"bnpo", "dapo", "cispo", "sapo"})
+_NO_DUAL_CLIP = frozenset({"cispo", "sapo"})  # their policy term is no clipped surrogate
 
 _DEFAULTS: dict[str, Any] = {
     "reference_policy_kl_penalty": 0.0,
@@ -101,6 +122,9 @@ _DEFAULTS: dict[str, Any] = {
     "truncated_is_cap": None,
     "mask_truncated_completions": False,
     "value_loss_coef": 0.0,
+    "tau_pos": 1.0,
+    "tau_neg": 1.05,
+    "top_entropy_quantile": 1.0,
 }
 # Numeric keys: (null allowed, predicate, the requirement as the error message states it).
 _NUMBER_CHECKS: NumberChecks = {
@@ -114,6 +138,9 @@ _NUMBER_CHECKS: NumberChecks = {
     "entropy_coef": (False, lambda v: True, "must be a finite number"),
     "truncated_is_cap": (True, lambda v: v > 1, "must be > 1 (or null: off)"),
     "value_loss_coef": (False, lambda v: v >= 0, "must be >= 0"),
+    "tau_pos": (False, lambda v: v > 0, "must be > 0"),
+    "tau_neg": (False, lambda v: v > 0, "must be > 0"),
+    "top_entropy_quantile": (False, lambda v: 0 < v <= 1, "must be in (0, 1] (1: every token)"),
 }
 
 
@@ -160,6 +187,11 @@ def validate_grpo_loss_config(
         raise ConfigError(
             f"{path}.max_completion_length: must be a positive integer, got {length!r}"
         )
+    if out["loss_type"] in _NO_DUAL_CLIP and out["dual_clip_c"] is not None:
+        raise ConfigError(
+            f"{path}.dual_clip_c: loss_type '{out['loss_type']}' has no clipped surrogate to "
+            "cap; remove dual_clip_c"
+        )
     if out["loss_type"] == "dr_grpo" and length is None:
         raise ConfigError(
             f"{path}.max_completion_length: required by loss_type 'dr_grpo' (it divides each "
@@ -178,6 +210,13 @@ def kl_estimate(
 
     With ``r = reference_logprobs - logprobs`` (clamped to ``[-clamp, clamp]`` if given):
     k1 = -r, k2 = r^2 / 2, k3 = exp(r) - r - 1.
+
+    Why the clamp: k3's ``exp(r)`` overflows (float32 beyond r = 88, and its gradient
+    ``exp(r) - 1`` long before that becomes huge) where the policy gives a token far less
+    probability than the reference. The price: a token with ``|r| > clamp`` sends no KL
+    gradient at all (``clamp`` passes no gradient beyond its bound; exactly at the bound it
+    still does), also where the policy is far *above* the reference (``r < -clamp``), where
+    k3 could not overflow. ``algorithm.loss.kl_clamp`` sets the bound; null turns it off.
     """
     r = reference_logprobs - logprobs
     if clamp is not None:
@@ -192,6 +231,15 @@ def kl_estimate(
         f"unknown kl_estimator {estimator!r}{did_you_mean(estimator, KL_ESTIMATORS)}; "
         f"choose one of: {', '.join(KL_ESTIMATORS)}"
     )
+
+
+def wants_entropy(loss_fn: Any) -> bool:
+    """Whether the trainer should ask the lm-head pass for per-token entropies: the loss's
+    ``needs_entropy`` where it has one, else a non-zero ``entropy_coef`` in its ``cfg``."""
+    needs = getattr(loss_fn, "needs_entropy", None)
+    if needs is not None:
+        return bool(needs)
+    return bool(getattr(loss_fn, "cfg", {}).get("entropy_coef", 0.0))
 
 
 @LossFunctionRegistry.register("grpo")
@@ -229,6 +277,26 @@ class GRPOLossFn:
       ``n_i = 0``, mean over sequences. The token terms (KL, entropy, value) are averaged
       as for ``grpo``.
       GSPO's paper uses much smaller clip ranges (about 3e-4 / 4e-4).
+    - ``gspo_token`` (GSPO paper, sec. 4.3; TRL's ``importance_sampling_level:
+      sequence_token``): per token ``ratio = sg(s_i) * pi_t / sg(pi_t)`` (value ``s_i``,
+      gradient of ``s_i log pi_t``; ``log s_i`` clamped by ``log_ratio_clamp``) in the clipped
+      term above, so advantages may be per token ``[B, T]``; averaged as ``grpo``.
+    - ``cispo`` (MiniMax-M1, arXiv:2506.13585): ``pg = -sg(clamp(ratio, 1 - lo, 1 + hi)) A
+      log pi``: the importance weight is clipped and detached, the update is not, so every
+      token keeps a gradient; reduction "token" like ``dapo``.
+    - ``sapo`` (Gao et al. 2025, arXiv:2511.20347): ``pg = -sigmoid(tau (ratio - 1)) (4 / tau)
+      A`` with ``tau = tau_pos`` where ``A > 0`` else ``tau_neg``: a soft gate instead of the
+      hard clip; reduction "token".
+    ``dual_clip_c`` is rejected for ``cispo`` and ``sapo``.
+
+    ``top_entropy_quantile = q < 1`` (Wang et al. 2025, arXiv:2506.01939) multiplies the
+    policy term by 0 at every valid token whose entropy (``model_outputs["entropy"]``) is
+    below the ``1 - q`` quantile of this micro-batch's valid tokens (``torch.quantile``,
+    linear interpolation); the normalisers are unchanged (the dropped tokens still count),
+    as for ``rollout_weights``. Metric ``entropy_kept_frac``.
+
+    An empty micro-batch (``B = 0``) gives a zero loss inside the graph and the metric
+    ``empty_batches`` (``loss_functions/empty.py``), never NaN.
 
     ``rollout_weights`` change no normaliser: a token with weight 0 still counts in ``n_i``
     and in the token count of reduction "token".
@@ -287,6 +355,10 @@ class GRPOLossFn:
         self.truncated_is_cap: float | None = c["truncated_is_cap"]
         self.mask_truncated_completions: bool = c["mask_truncated_completions"]
         self.value_loss_coef: float = c["value_loss_coef"]
+        self.tau_pos: float = c["tau_pos"]
+        self.tau_neg: float = c["tau_neg"]
+        self.top_entropy_quantile: float = c["top_entropy_quantile"]
+        self.empty_batches = 0  # calls on an empty micro-batch (see loss_functions/empty.py)
 
     @property
     def beta(self) -> float:
@@ -296,6 +368,11 @@ class GRPOLossFn:
     @beta.setter
     def beta(self, value: float) -> None:
         self.reference_policy_kl_penalty = value
+
+    @property
+    def needs_entropy(self) -> bool:
+        """Whether calls need ``model_outputs["entropy"]`` (entropy bonus or token selection)."""
+        return float(self.entropy_coef) != 0 or float(self.top_entropy_quantile) < 1
 
     @property
     def requires_reference(self) -> bool:
@@ -345,6 +422,9 @@ class GRPOLossFn:
                 f"batch['response_mask'] {tuple(mask.shape)} and model_outputs['logprobs'] "
                 f"{tuple(logp.shape)} must have the same shape"
             )
+        if is_empty(logp):  # a mean over no sequences would be NaN: see loss_functions/empty.py
+            return empty_batch_result(self, logp, model_outputs.get("entropy"),
+                                      model_outputs.get("values"))
         w = mask.to(logp.dtype)
         n = w.sum(-1)  # valid tokens per sequence [B]
         zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
@@ -387,7 +467,10 @@ class GRPOLossFn:
             raise DataError("batch['advantages'] is missing: [B] per sequence or [B, T] per token")
         adv = adv.detach()
         gspo = self.loss_type == "gspo"
-        if gspo:
+        if self.loss_type == "gspo_token":
+            log_ratio = gspo_token_log_ratio(logp_v, old, w, self.log_ratio_clamp)
+            adv = adv[:, None] if adv.dim() == 1 else adv
+        elif gspo:
             if adv.dim() != 1:
                 raise DataError(
                     "loss_type 'gspo' needs per-sequence advantages: batch['advantages'] [B], "
@@ -397,12 +480,17 @@ class GRPOLossFn:
         else:
             log_ratio = logp_v - old  # [B, T]
             adv = adv[:, None] if adv.dim() == 1 else adv
-        if self.log_ratio_clamp is not None:
+        if self.log_ratio_clamp is not None and self.loss_type != "gspo_token":
             log_ratio = log_ratio.clamp(-float(self.log_ratio_clamp), float(self.log_ratio_clamp))
         ratio = torch.exp(log_ratio)
 
         lo, hi = float(self.clip_ratio_low), float(self.clip_ratio_high)
-        pg = -torch.minimum(ratio * adv, ratio.clamp(1 - lo, 1 + hi) * adv)
+        if self.loss_type == "cispo":
+            pg = cispo_term(ratio, logp_v, adv, lo, hi)
+        elif self.loss_type == "sapo":
+            pg = sapo_term(ratio, adv, float(self.tau_pos), float(self.tau_neg))
+        else:
+            pg = clipped_term(ratio, adv, lo, hi)
         metrics: dict[str, torch.Tensor] = {}
         if self.dual_clip_c is not None:
             cap = float(self.dual_clip_c) * -adv
@@ -427,6 +515,16 @@ class GRPOLossFn:
             rollout_w = rollout_w.detach()
             rollout_w = rollout_w[:, None] if rollout_w.dim() == 1 else rollout_w
             pg = (pg[:, None] if gspo else pg) * rollout_w
+        if float(self.top_entropy_quantile) < 1:
+            entropy = get(model_outputs, "model_outputs", "entropy")
+            if entropy is None:
+                raise DataError(
+                    "model_outputs['entropy'] is missing: top_entropy_quantile < 1 selects "
+                    "tokens by the policy's per-token entropy [B, T]"
+                )
+            keep = top_entropy_mask(entropy, mask, float(self.top_entropy_quantile))
+            pg = (pg[:, None] if pg.dim() == 1 else pg) * keep.to(pg.dtype)
+            metrics["entropy_kept_frac"] = frac_mean(keep)
         metrics["clip_frac_low"] = frac_mean((ratio < 1 - lo) & (adv < 0))
         metrics["clip_frac_high"] = frac_mean((ratio > 1 + hi) & (adv > 0))
         metrics["ratio_mean"] = frac_mean(ratio)
@@ -488,6 +586,12 @@ _VARIANT_DOCS = {
     "dapo": "DAPO: token-level averaged clipped policy gradient (Yu et al. 2025).",
     "dr_grpo": "Dr.GRPO: token sums over a constant length, no length bias (Liu et al. 2025).",
     "gspo": "GSPO: sequence-level importance ratio and clipping (Zheng et al. 2025).",
+    "gspo_token": "GSPO-token: GSPO's sequence ratio applied per token, per-token advantages "
+    "allowed (Zheng et al. 2025).",
+    "cispo": "CISPO: clipped, detached importance weight times log-prob; no token's gradient "
+    "dropped (MiniMax-M1, 2025).",
+    "sapo": "SAPO: soft, temperature-controlled sigmoid gate instead of the hard clip (Gao et "
+    "al. 2025).",
 }
 for _name, _doc in _VARIANT_DOCS.items():
     _cls = type(

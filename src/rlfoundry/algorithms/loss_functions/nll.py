@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from rlfoundry.algorithms.loss_functions.empty import empty_batch_result, is_empty
 from rlfoundry.algorithms.loss_functions.registry import LossFunctionRegistry
 from rlfoundry.errors import ConfigError
 
@@ -30,6 +31,8 @@ class NLLLossFn:
         self.cfg = cfg
 
     def __call__(self, batch, model_outputs):
+        if is_empty(model_outputs["logprobs"]):  # see loss_functions/empty.py
+            return empty_batch_result(self, model_outputs["logprobs"])
         mask = batch["response_mask"].bool()
         if batch.get("is_chosen") is not None:
             mask = mask & torch.as_tensor(batch["is_chosen"], device=mask.device).bool().unsqueeze(-1)

@@ -13,7 +13,8 @@ both trainers provide:
   response, with grad) when the objective lists ``"hidden"`` in ``requires``;
 - ``batch["group_id"]`` ``[N]`` (GRPO) and ``batch["target_embeddings"]`` ``[N, H]``.
 
-All are means over sequences (``reduction = "sequence"``) except ``nll`` (tokens).
+All are means over sequences (``reduction = "sequence"``) except ``nll`` (tokens). An empty
+micro-batch gives a zero loss in the graph and ``empty_batches = 1`` (``empty.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rlfoundry.algorithms.loss_functions.empty import empty_batch_result, is_empty
 from rlfoundry.algorithms.loss_functions.nll import NLLLossFn
 from rlfoundry.algorithms.loss_functions.registry import LossFunctionRegistry
 from rlfoundry.errors import ConfigError, DataError
@@ -88,6 +90,8 @@ class FluencyLossFn(_Objective):
 
     def __call__(self, batch, model_outputs):
         logprobs, mask = self._token_view(batch, model_outputs)
+        if is_empty(logprobs):
+            return empty_batch_result(self, logprobs)
         rows = target_rows(batch, logprobs.shape[0], logprobs.device)
         nll = per_sequence_mean_nll(logprobs[rows], mask[rows])
         loss = nll.mean() if nll.numel() else logprobs.sum() * 0
@@ -102,6 +106,8 @@ class CoherenceLossFn(_Objective):
 
     def __call__(self, batch, model_outputs):
         logprobs, mask = self._token_view(batch, model_outputs)
+        if is_empty(logprobs):
+            return empty_batch_result(self, logprobs)
         rows = target_rows(batch, logprobs.shape[0], logprobs.device)
         lp, m = logprobs[rows].masked_fill(~mask[rows], 0.0), mask[rows].to(logprobs.dtype)
         n = m.sum(-1).clamp(min=1)
@@ -134,6 +140,8 @@ class ConsistencyLossFn(_Objective):
             m = mask.to(logprobs.dtype)
             delta = (logprobs - ref.detach()).masked_fill(~mask, 0.0)
             drift = (delta * m).sum(-1) / m.sum(-1).clamp(min=1)
+        if is_empty(drift):
+            return empty_batch_result(self, drift)
         loss = (drift ** 2).mean()
         return loss, {"loss": loss.detach(), "drift_abs": drift.detach().abs().mean()}
 
@@ -179,6 +187,8 @@ class SafetyLossFn(_Objective):
             raise DataError("the safety objective has no tokenizer: call bind_tokenizer(tokenizer) "
                             "first (trainers do this)")
         logprobs, mask = self._token_view(batch, model_outputs)
+        if is_empty(logprobs):
+            return empty_batch_result(self, logprobs)
         labels = _need(batch, "input_ids", "batch", "safety finds the phrases in the tokens")[:, 1:]
         labels = labels[:, : logprobs.shape[1]]
         hit = phrase_positions(labels, mask, self.phrase_ids)
@@ -200,6 +210,8 @@ class DiversityLossFn(_Objective):
     def __call__(self, batch, model_outputs):
         emb = _need(model_outputs, "response_embeddings", "model_outputs",
                     "diversity compares response representations [N, H]")
+        if is_empty(emb):
+            return empty_batch_result(self, emb)
         groups = batch.get("group_id")
         groups = torch.zeros(emb.shape[0], device=emb.device) if groups is None else groups.to(emb.device)
         unit = F.normalize(emb.float(), dim=-1)
@@ -224,6 +236,8 @@ class QualityLossFn(_Objective):
     def __call__(self, batch, model_outputs):
         emb = _need(model_outputs, "response_embeddings", "model_outputs",
                     "quality compares response representations [N, H] to targets")
+        if is_empty(emb):
+            return empty_batch_result(self, emb)
         targets = _need(batch, "target_embeddings", "batch",
                         f"quality needs target embeddings (the GRPO trainer embeds the data column "
                         f"'{self.cfg['target_column']}')")
