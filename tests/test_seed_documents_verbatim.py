@@ -18,11 +18,11 @@ import warnings
 
 import pytest
 import torch
+from seed_documents import document, run_block, run_document
 
 from rlfoundry.algorithms.loss_functions import DPOLossFn, LossFunctionRegistry
 from rlfoundry.algorithms.loss_functions.registry import _REGISTRY
 from rlfoundry.registry import RegistryOverrideWarning
-from seed_documents import document, run_block, run_document
 
 pytestmark = pytest.mark.slow
 
