@@ -16,10 +16,12 @@ import torch
 from rlfoundry.errors import ConfigError, LossError
 
 
-def checked_loss_result(result: Any, who: str = "the loss") -> tuple[torch.Tensor, dict[str, Any]]:
+def checked_loss_result(result: Any, who: str = "the loss", *,
+                        check_values: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
     """``(loss, metrics)`` from a loss tensor or a ``(loss, metrics)`` pair; ``LossError``
     naming ``who`` for a wrong shape or type. Metric values may be numbers, one-element
-    tensors, strings (not logged) or nested dicts of those (logged as ``a/b``)."""
+    tensors, strings (not logged) or nested dicts of those (logged as ``a/b``); with
+    ``check_values=False`` only the loss and the metrics' type are checked."""
     if isinstance(result, tuple):
         if len(result) != 2:
             raise LossError(f"{who} returned a tuple of {len(result)} items; return the loss "
@@ -38,7 +40,8 @@ def checked_loss_result(result: Any, who: str = "the loss") -> tuple[torch.Tenso
     if loss.numel() != 1:
         raise LossError(f"{who} returned a loss of shape {tuple(loss.shape)}; it must be a scalar: "
                         f"reduce it (e.g. .mean() over sequences or masked tokens)")
-    _check_metrics(metrics, who, "")
+    if check_values:
+        _check_metrics(metrics, who, "")
     return loss.reshape(()), dict(metrics)
 
 
