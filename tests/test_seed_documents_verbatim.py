@@ -291,7 +291,7 @@ def test_004_adaptive_dpo_counts_optimizer_steps_and_pins_cos(doc004, tmp_path):
     loss = Adaptive({"reference_policy_kl_penalty": 0.1, "final_beta": 0.01, "warmup_steps": 10})
     cfg = dpo_config(tmp_path, steps=3, micro_batch_size=2, eval_every=1)
     metrics = DPOTrainer(config=cfg, loss_fn=loss).train()
-    assert loss.current_step == 3 and loss.training_step == 2  # 2 micro-batches + evals per step
+    assert loss.current_step == 3 and loss.training_step == 3  # 2 micro-batches + evals per step
     assert metrics["adaptive_beta"] == pytest.approx(0.1 + (0.01 - 0.1) * 2 / 10)
     loss.current_step = 10  # after warmup the document calls torch.cos on a Python float
     with pytest.raises(TypeError, match=r"cos\(\): argument 'input' \(position 1\) must be Tensor, not float"):

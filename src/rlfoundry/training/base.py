@@ -378,10 +378,12 @@ class Trainer:
         return ParallelPolicy(self.model, self.extra_modules(), strategy, self.dist, self.device)
 
     def _log_eval(self) -> dict[str, float]:
-        counters = loss_counters.int_state(self.loss_fn)  # evaluation does not count as steps
-        with self.full_parameters(), self.autocast():
-            result = self.evaluate()
-        loss_counters.restore(counters)
+        self.loss_fn = loss_counters.Rewinding(self.loss_fn)  # evaluation does not count as steps
+        try:
+            with self.full_parameters(), self.autocast():
+                result = self.evaluate()
+        finally:
+            self.loss_fn = self.loss_fn.rewind()
         if result:
             self.logger.log(self.step, {f"eval/{k}": v for k, v in result.items()})
         return result
@@ -448,6 +450,7 @@ class Trainer:
             self.lr_controller.update(self.controller_metrics(metrics))
         self._advance_schedules()
         self.optimizer.zero_grad(set_to_none=True)
+        loss_counters.set_training_step(self.loss_fn, self.step + 1)  # eval sees steps done
         metrics.update(self.step_counters())
         return metrics
 
