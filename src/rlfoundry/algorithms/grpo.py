@@ -103,7 +103,7 @@ class GRPOTrainer(GRPOSeedHelpers, Trainer):
         self.ref_model = (build_reference(self.model)
                           if getattr(self.loss_fn, "requires_reference", False) else None)
         self.value_head = None
-        if self.loss_fn.cfg.get("value_loss_coef", 0.0) > 0:  # starts at 0 (weight and bias)
+        if getattr(self.loss_fn, "cfg", {}).get("value_loss_coef", 0.0) > 0:  # starts at 0 (weight and bias)
             dtype = next(self.model.parameters()).dtype
             self.value_head = torch.nn.Linear(self.model.config.hidden_size, 1).to(self.device, dtype)
             for p in self.value_head.parameters():
@@ -321,7 +321,7 @@ class GRPOTrainer(GRPOSeedHelpers, Trainer):
     def _policy_forward(self, model, batch: dict[str, Any], embed: bool):
         """Token log-probs (entropy, hidden states as needed) of the batch, plus value
         predictions with a value head: the training forward, run through DDP/FSDP2."""
-        with_entropy = bool(self.loss_fn.cfg.get("entropy_coef", 0.0))
+        with_entropy = bool(getattr(self.loss_fn, "cfg", {}).get("entropy_coef", 0.0))
         out = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
                              with_entropy=with_entropy, return_hidden=True,  # held for backward anyway
                              temperature=self.temperature)
