@@ -38,6 +38,7 @@ def grpo_cfg(out, steps=1, **training):
 
 
 # ---- 1. trainer helpers ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_dpo_helpers(tmp_path, capsys):
     t = DPOTrainer(config=dpo_cfg(tmp_path))
     pc, pr, rc, rr = (torch.tensor(v) for v in ([-1.0, -3.0], [-2.0, -1.0], [-1.5, -2.0], [-1.5, -2.0]))
@@ -54,6 +55,7 @@ def test_dpo_helpers(tmp_path, capsys):
     assert float(t.compute_coherence_loss(torch.tensor([1.0, 0.5]))) == pytest.approx(0.25)
 
 
+@pytest.mark.slow
 def test_logger_log_with_and_without_step(tmp_path):
     t = DPOTrainer(config=dpo_cfg(tmp_path))
     t.logger.log(1, {"x": 1.0})  # before train(): a no-op, not an AttributeError
@@ -70,6 +72,7 @@ def test_logger_log_with_and_without_step(tmp_path):
     assert {"step": 7, "mine": 1.5} in rows and {"step": 0, "other": 2.0} in rows
 
 
+@pytest.mark.slow
 def test_grpo_helpers(tmp_path):
     t = GRPOTrainer(config={**grpo_cfg(tmp_path), "algorithm": {
         "name": "grpo", "group_size": 4, "clip_ratio": 0.25, "sampling": {"max_new_tokens": 3}}})
@@ -138,6 +141,7 @@ def test_lazy_outputs_compute_once_and_only_when_read():
         out["nope"]
 
 
+@pytest.mark.slow
 def test_lazy_outputs_in_training(tmp_path):
     seen = {}
 
@@ -166,6 +170,7 @@ def test_lazy_outputs_in_training(tmp_path):
 
 
 # ---- 4. training_step and per-call counters ------------------------------------------------
+@pytest.mark.slow
 def test_step_counters_advance_once_per_optimizer_step(tmp_path):
     class Counting(DPOLossFn):
         def __init__(self, cfg):
@@ -189,6 +194,7 @@ def test_step_counters_advance_once_per_optimizer_step(tmp_path):
 
 
 # ---- 5. the documents' YAML names; the trainer class implies its algorithm ------------------
+@pytest.mark.slow
 def test_custom_dpo_and_custom_grpo_are_registered(tmp_path):
     from rlfoundry.config import load_config
 
@@ -207,6 +213,7 @@ def test_custom_dpo_and_custom_grpo_are_registered(tmp_path):
 
 
 # ---- 6. training.lr_controller in GRPO --------------------------------------------------------
+@pytest.mark.slow
 def test_lr_controller_scales_grpo_lr_by_group_performance(tmp_path):
     cfg = grpo_cfg(tmp_path, steps=2, lr_controller={
         "type": "performance", "metric": "group_performance", "low": 2.0, "high": 3.0, "up": 2.0})
@@ -346,6 +353,7 @@ def test_check_loss_reports_the_real_cause(flawed):
     assert "--kind" not in report.format()
 
 
+@pytest.mark.slow
 def test_training_names_the_loss_for_each_defect(tmp_path):
     class PerPair(DPOLossFn):
         def __call__(self, batch, model_outputs):
@@ -357,8 +365,13 @@ def test_training_names_the_loss_for_each_defect(tmp_path):
             loss, metrics = super().__call__(batch, model_outputs)
             return loss, {**metrics, "per_pair": model_outputs["policy_chosen_logps"].detach()}
 
+    class ListMetrics(DPOLossFn):
+        def __call__(self, batch, model_outputs):
+            return super().__call__(batch, model_outputs)[0], ["accuracy", 0.5]
+
     for cls, message in ((PerPair, r"a loss of shape \(3,\)"),
-                         (VectorMetric, r"metric 'per_pair' of shape \(\d+,\)")):
+                         (VectorMetric, r"metric 'per_pair' of shape \(\d+,\)"),
+                         (ListMetrics, r"metrics of type list")):
         with pytest.raises(LossError, match=rf"the loss 'dpo' \(.*{cls.__name__}\).*{message}"):
             DPOTrainer(config=dpo_cfg(tmp_path / cls.__name__), loss_fn=cls({})).train()
 

@@ -75,15 +75,26 @@ class DPOSeedHelpers(SeedHelpers):
 
     @property
     def chosen_rewards(self) -> torch.Tensor:
-        """Implicit rewards ``beta * (pc - rc)`` of the last training step's pairs (this rank's)."""
+        """Implicit rewards ``beta * (pc - rc)`` of the last training step's pairs (this
+        rank's). A subclass may assign its own; then that value is returned."""
         return self._rewards(1)
+
+    @chosen_rewards.setter
+    def chosen_rewards(self, value: torch.Tensor) -> None:
+        self.__dict__["_assigned_rewards_1"] = value
 
     @property
     def rejected_rewards(self) -> torch.Tensor:
         """Implicit rewards ``beta * (pr - rr)`` of the last training step's pairs (this rank's)."""
         return self._rewards(2)
 
+    @rejected_rewards.setter
+    def rejected_rewards(self, value: torch.Tensor) -> None:
+        self.__dict__["_assigned_rewards_2"] = value
+
     def _rewards(self, k: int) -> torch.Tensor:
+        if f"_assigned_rewards_{k}" in self.__dict__:
+            return self.__dict__[f"_assigned_rewards_{k}"]
         if self._pair_rewards is None:
             raise AttributeError("chosen_rewards / rejected_rewards exist after the first training step")
         return torch.cat(self._pair_rewards[k])

@@ -195,10 +195,16 @@ class GRPOSeedHelpers(SeedHelpers):
 
     @property
     def last_groups(self) -> list[torch.Tensor]:
-        """The groups of the last grouped rollout."""
+        """The groups of the last grouped rollout (a subclass may assign its own)."""
+        if "_assigned_groups" in self.__dict__:
+            return self.__dict__["_assigned_groups"]
         if self.last_round is None or self.last_round[0] is None:
             raise AttributeError("no rollout has been grouped yet")
         return self.last_round[0].groups
+
+    @last_groups.setter
+    def last_groups(self, groups: list[torch.Tensor]) -> None:
+        self.__dict__["_assigned_groups"] = groups
 
     @property
     def group_performances(self) -> torch.Tensor:
