@@ -62,9 +62,12 @@ def coerce_config(config: Any, algorithm: str) -> RunConfig:
     """A RunConfig, a YAML path, a full run dict, or just an ``algorithm`` section dict. A
     config that names no ``algorithm.name`` gets the trainer's own (a ``GRPOTrainer`` given
     a config without it runs GRPO)."""
-    if isinstance(config, (str, Path)):
-        from rlfoundry.config.loader import read_yaml
+    from rlfoundry.algorithms.trainer_registry import TRAINERS, load_builtin_trainers
+    from rlfoundry.config.loader import read_yaml
 
+    load_builtin_trainers()
+    implied = algorithm in TRAINERS  # the trainer's kind names a registered algorithm
+    if isinstance(config, (str, Path)):
         config = read_yaml(config)
     if config is None:
         config = {"algorithm": {"name": algorithm}}
@@ -72,9 +75,9 @@ def coerce_config(config: Any, algorithm: str) -> RunConfig:
         config = {"algorithm": {"name": algorithm, **config}}
     elif isinstance(config, dict):
         section = config.get("algorithm") or {}
-        if isinstance(section, dict) and "name" not in section and algorithm != "base":
+        if isinstance(section, dict) and "name" not in section and implied:
             config = {**config, "algorithm": {"name": algorithm, **section}}
-    elif isinstance(config, RunConfig) and "name" not in config.algorithm.model_fields_set:
+    elif isinstance(config, RunConfig) and "name" not in config.algorithm.model_fields_set and implied:
         config = config.model_copy(deep=True)
         config.algorithm.name = algorithm
     return load_config(config)
