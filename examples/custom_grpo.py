@@ -1,13 +1,8 @@
-"""Plugin for examples/configs/custom_grpo.yaml: registers the algorithm name ``custom_grpo``.
-
-The seed's CustomGRPOTrainer overrides ``form_groups`` with random groups; this registered
-version keeps the config's ``group_strategy`` (semantic) so the YAML means what it says.
+"""Former plugin of examples/configs/custom_grpo.yaml, kept so ``plugins:`` lines that name it
+still load. ``custom_grpo`` (GRPO with the configured ``group_strategy``) is now registered
+by rlfoundry itself (:mod:`rlfoundry.algorithms.seed_algorithms`); this file re-exports it.
 """
 
-from rlfoundry.algorithms.grpo import GRPOTrainer
-from rlfoundry.algorithms.trainer_registry import TRAINERS
+from rlfoundry.algorithms.seed_algorithms import CustomGRPOTrainer
 
-
-@TRAINERS.register("custom_grpo")
-class CustomGRPOTrainer(GRPOTrainer):
-    """The seed's CustomGRPOTrainer: GRPO with the configured grouping strategy."""
+__all__ = ["CustomGRPOTrainer"]

@@ -21,7 +21,7 @@ def test_tutorial_code_blocks_run(path, tmp_path):
 
 def test_every_tutorial_is_run_by_some_test():
     names = {p.name for p in ALL_TUTORIALS}
-    assert {"custom_grouping.md", "write_your_own_loss.md"} <= names
+    assert {"custom_grouping.md", "write_your_own_loss.md", "write_a_grpo_loss.md"} <= names
 
 
 DOC = '''# Title

@@ -2,9 +2,10 @@
 
 Two minimal fixes, marked below:
 1. ``torch.cos`` of a Python float raises TypeError; ``math.cos`` is used.
-2. The seed counts steps inside ``__call__``, i.e. per micro-batch and per evaluation batch;
-   the step counter moves in ``on_step_start``, which the trainer calls once per optimizer
-   step, so beta follows optimizer steps with any accumulation.
+2. The seed counts steps inside ``__call__``, i.e. per call. The trainer rewinds such int
+   counters so they advance once per optimizer step (docs/customization.md, "Step counters
+   of stateful losses"), so that works too; this example sets the counter in
+   ``on_step_start``, the explicit hook the trainer calls once per optimizer step.
 The built-in ``algorithm.beta_schedule: {type: warmup_cosine, ...}`` is the same idea without
 the seed's jump back to the initial beta when warmup ends.
 """

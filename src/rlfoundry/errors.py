@@ -37,3 +37,8 @@ class TrainingInterrupted(RLFoundryError):
     def __init__(self, message: str, *, step: int, signum: int, checkpoint=None) -> None:
         super().__init__(message)
         self.step, self.signum, self.checkpoint = step, signum, checkpoint
+
+
+class LossError(RLFoundryError, TypeError):
+    """A loss (or a train_step/compute_loss override) returned something the trainer cannot
+    use: a non-scalar loss, metrics that are not a dict, a metric that is not one number."""

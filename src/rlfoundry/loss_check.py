@@ -9,7 +9,15 @@ Checks, each reported as pass/fail with a reason:
 - gradcheck: float64 finite-difference check of those gradients (``torch.autograd.gradcheck``);
 - batch-size invariance: the loss of a batch equals the loss of that batch repeated twice
   (a mean, not a sum, so accumulation weights mean what they say);
-- metrics: every metric is a number or a 0-dim tensor.
+- metrics: every metric is a number or a 0-dim tensor;
+- direction: for pairs, raising the chosen log-probs over the rejected ones (from equal
+  log-probs) lowers the loss; for sampled responses, the gradient raises the log-probs of
+  samples with a positive advantage and lowers those with a negative one (a sign-flipped
+  DPO or GRPO loss trains the model away from the preferred responses and fails here).
+
+A loss that cannot run at all is reported with its real cause: a signature other than
+``(batch, model_outputs)``, a non-scalar loss, metrics that are not a dict, or the error it
+raised on each input kind.
 
 Two input kinds: ``preference`` (pairs, as the DPO trainer calls losses) and ``policy``
 (sampled responses with advantages, as the GRPO trainer calls them); ``auto`` tries
@@ -26,7 +34,8 @@ from typing import Any
 
 import torch
 
-from rlfoundry.errors import ConfigError
+from rlfoundry.errors import ConfigError, LossError
+from rlfoundry.training.loss_result import check_loss_signature, checked_loss_result
 
 KINDS = ("auto", "preference", "policy")
 _POLICY_INPUTS = {"preference": ("policy_chosen_logps", "policy_rejected_logps"), "policy": ("logprobs",)}
@@ -118,36 +127,49 @@ def _repeat(batch, outputs, kind: str):
 
 
 def _run(factory, batch, outputs):
-    loss, metrics = _as_loss_and_metrics(factory()(batch, outputs))
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise TypeError(f"the loss must be a scalar tensor, got {type(loss).__name__} "
-                        f"{tuple(getattr(loss, 'shape', ()))}")
-    return loss.reshape(()), metrics
+    """``(scalar loss, metrics)``; ``LossError`` for a non-scalar loss or non-dict metrics."""
+    return checked_loss_result(factory()(batch, outputs), "the loss", check_values=False)  # own check
 
 
-def _as_loss_and_metrics(out):
-    if isinstance(out, tuple):
-        return out[0], dict(out[1] or {})
-    return out, {}
-
-
-def detect_kind(factory) -> str:
-    """'policy' if the loss runs on sampled responses alone, else 'preference' if on pairs."""
+def detect_kind(factory) -> tuple[str | None, dict[str, BaseException]]:
+    """'policy' if the loss runs on sampled responses alone, else 'preference' if on pairs
+    (None if neither), and the error raised on each kind that failed."""
+    errors: dict[str, BaseException] = {}
     for kind in ("policy", "preference"):
         try:
             _run(factory, *make_batch(kind))
-            return kind
-        except Exception:  # noqa: BLE001 - trying the other input kind is the point
-            continue
-    raise ConfigError("the loss fails on both preference and policy batches; run with --kind to "
-                      "see its error")
+            return kind, errors
+        except Exception as e:  # noqa: BLE001 - trying the other input kind is the point
+            errors[kind] = e
+    return None, errors
+
+
+def _cannot_run(report: LossReport, errors: dict[str, BaseException]) -> LossReport:
+    """The real cause when the loss runs on no input kind: a defect of its result (the same
+    LossError on every kind), else each kind's error."""
+    shape = [e for e in errors.values() if isinstance(e, LossError)]
+    if shape:
+        report.add("returns a scalar loss and a metrics dict", False, str(shape[0]))
+        return report
+    for kind, e in errors.items():
+        report.add(f"runs on {kind} batches", False, f"raised {type(e).__name__}: {e}")
+    return report
 
 
 def check_loss(factory: Callable[[], Any], kind: str = "auto") -> LossReport:
     """Run every check; ``factory()`` returns a fresh loss (stateful losses start clean)."""
     if kind not in KINDS:
         raise ConfigError(f"--kind must be one of {KINDS}, got {kind!r}")
-    kind = detect_kind(factory) if kind == "auto" else kind
+    try:
+        check_loss_signature(factory(), "the loss")
+    except ConfigError as e:
+        report = LossReport(kind)
+        report.add("callable as loss(batch, model_outputs)", False, str(e))
+        return report
+    if kind == "auto":
+        kind, errors = detect_kind(factory)
+        if kind is None:
+            return _cannot_run(LossReport("undetermined (fails on preference and policy batches)"), errors)
     report = LossReport(kind)
     cases = {"random inputs": {}, "equal chosen/rejected log-probs": {"equal": True},
              "large magnitudes (x1e4)": {"scale": 1e4}, "empty response masks": {"empty": True},
@@ -170,6 +192,7 @@ def check_loss(factory: Callable[[], Any], kind: str = "auto") -> LossReport:
     _check_gradients(report, kind, outputs, loss)
     _check_gradcheck(report, factory, kind)
     _check_invariance(report, factory, kind, float(loss.detach()))
+    _check_direction(report, factory, kind)
     bad = {k: type(v).__name__ for k, v in metrics.items()
            if not (isinstance(v, numbers.Number) or (isinstance(v, torch.Tensor) and v.numel() == 1))}
     report.add("metrics are numbers or 0-dim tensors", not bad, f"bad: {bad}" if bad else f"{len(metrics)} metrics")
@@ -220,6 +243,62 @@ def _check_invariance(report: LossReport, factory, kind: str, value: float) -> N
     ok = math.isclose(doubled, value, rel_tol=1e-6, abs_tol=1e-9)
     report.add("mean is invariant to batch size (batch repeated twice)", ok,
                f"loss={value:.6g}, repeated={doubled:.6g}" + ("" if ok else " (a sum, not a mean?)"))
+
+
+def _check_direction(report: LossReport, factory, kind: str) -> None:
+    """Does minimising the loss move the policy the right way? (see the module docstring)"""
+    name = ("raising chosen over rejected log-probs lowers the loss" if kind == "preference"
+            else "the gradient raises the log-probs of positive-advantage samples")
+    try:
+        ok, detail = (_preference_direction if kind == "preference" else _policy_direction)(factory)
+    except Exception as e:  # noqa: BLE001 - reported
+        ok, detail = False, f"raised {type(e).__name__}: {e}"
+    report.add(name, ok, detail)
+
+
+def _preference_direction(factory) -> tuple[bool, str]:
+    batch, outputs = make_batch("preference", equal=True)  # margin 0: every DPO loss has a slope
+    before = float(_run(factory, batch, outputs)[0].detach())
+    b = batch["num_sequences"]
+    mask = batch["response_mask"].to(outputs["logprobs"].dtype)
+    shift = torch.cat([torch.ones(b), -torch.ones(b)]).to(mask).unsqueeze(-1) * 0.5
+    logprobs = (outputs["logprobs"].detach() + shift * mask / mask.sum(-1, keepdim=True)).requires_grad_()
+    sums = logprobs.sum(-1)
+    moved = {**outputs, "logprobs": logprobs, "policy_chosen_logps": sums[:b], "policy_rejected_logps": sums[b:]}
+    after = float(_run(factory, batch, moved)[0].detach())
+    detail = f"loss {before:.6g} -> {after:.6g} when chosen log-probs rise by 0.5 and rejected fall by 0.5"
+    if after < before:
+        return True, detail
+    return False, detail + ("; the loss rewards the rejected response (sign flipped?)"
+                            if after > before else "; the loss does not depend on the margin")
+
+
+def _policy_direction(factory) -> tuple[bool, str]:
+    up, down = _descent_moves(factory, 1.0)
+    detail = (f"a descent step moves positive-advantage log-probs by {up:+.3g} and negative ones "
+              f"by {down:+.3g} (times the learning rate)")
+    if up > 0 and down < 0:
+        return True, detail
+    if math.isclose(up, down, rel_tol=1e-6, abs_tol=1e-12) and (up, down) == _descent_moves(factory, -1.0):
+        return True, detail + "; the loss does not use advantages (e.g. NLL): not a policy-gradient term"
+    return False, detail + ("; the advantage sign is flipped" if up < 0 and down > 0 else "")
+
+
+def _descent_moves(factory, sign: float) -> tuple[float, float]:
+    """How a gradient-descent step moves the summed log-probs of the samples with advantage
+    ``+sign`` and of those with ``-sign`` (old = reference = sampling log-probs: ratio 1)."""
+    batch, outputs = make_batch("policy", b=4)
+    lp = outputs["logprobs"].detach()
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=lp.dtype) * sign
+    batch.update(advantages=adv, old_logprobs=lp.clone(), reference_logprobs=lp.clone(),
+                 sampling_logprobs=lp.clone())
+    leaf = lp.clone().requires_grad_()
+    loss = _run(factory, batch, {**outputs, "logprobs": leaf})[0]
+    if not loss.requires_grad:
+        return 0.0, 0.0
+    loss.backward()
+    step = -(leaf.grad * batch["response_mask"].to(lp.dtype)).sum(-1)
+    return float(step[0::2].sum()), float(step[1::2].sum())
 
 
 def loss_factory(spec: str, options: dict[str, Any]) -> Callable[[], Any]:

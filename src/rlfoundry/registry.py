@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from rlfoundry.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class RegistryOverrideWarning(UserWarning):
+    """A name already registered was registered again (the new entry replaces the old one)."""
 
 
 def did_you_mean(name: str, candidates) -> str:
@@ -25,10 +30,24 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str, obj: T | None = None):
-        """Register ``obj`` under ``name``; usable as a decorator (``@reg.register("x")``)."""
+    def register(self, name: str, obj: T | None = None, *, override: bool = False):
+        """Register ``obj`` under ``name``; usable as a decorator (``@reg.register("x")``).
+
+        Registering a name that already holds a different object replaces it, with a
+        :class:`RegistryOverrideWarning` naming both (a built-in replaced by a user class
+        changes every config that names it); ``override=True`` says it is meant and is silent.
+        Re-running the same definition (same module and qualified name, e.g. a notebook cell
+        run twice) replaces it silently.
+        """
 
         def decorator(o: T) -> T:
+            old = self._entries.get(name)
+            if old is not None and not override and describe_object(old) != describe_object(o):
+                warnings.warn(
+                    f"{self.kind} '{name}' was already registered as {describe_object(old)}; "
+                    f"{describe_object(o)} now replaces it for every config that names "
+                    f"'{name}'. Pick another name, or pass override=True if replacing it is "
+                    f"intended", RegistryOverrideWarning, stacklevel=3)
             self._entries[name] = o
             return o
 
@@ -57,6 +76,13 @@ class Registry(Generic[T]):
             doc = inspect.getdoc(self._entries[name]) or ""
             out[name] = doc.splitlines()[0] if doc else ""
         return out
+
+
+def describe_object(obj: object) -> str:
+    """``module.QualName`` of a registered class or function (its repr otherwise)."""
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None)
+    return f"{module}.{name}" if module and name else repr(obj)
 
 
 def import_object(spec: str) -> Callable:

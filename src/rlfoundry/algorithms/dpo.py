@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from rlfoundry.algorithms.dpo_helpers import DPOSeedHelpers
 from rlfoundry.algorithms.loss_functions import DPOLossFn, LossFunctionRegistry
 from rlfoundry.algorithms.loss_functions.dpo import preference_accuracy
 from rlfoundry.algorithms.reference import (
@@ -80,8 +81,11 @@ def preference_metrics(pc, pr, rc, rr, beta: float) -> dict[str, torch.Tensor]:
 
 
 @TRAINERS.register("dpo")
-class DPOTrainer(Trainer):
-    """Direct Preference Optimization and its variants (loss chosen by ``algorithm.loss.type``)."""
+class DPOTrainer(DPOSeedHelpers, Trainer):
+    """Direct Preference Optimization and its variants (loss chosen by ``algorithm.loss.type``).
+
+    Helpers for custom losses (``self.beta``, ``self.standard_dpo_loss``, ...):
+    :mod:`~rlfoundry.algorithms.dpo_helpers`."""
 
     kind = "dpo"
     default_loss_type = "dpo"
@@ -192,16 +196,20 @@ class DPOTrainer(Trainer):
         batch = self.to_device(batch)
         b = batch["num_sequences"]
         hidden = "hidden" in getattr(self.loss_fn, "requires", ())
-        out = self.forward_policy(pair_token_logprobs, batch, return_hidden=hidden)
+        out = self.forward_policy(pair_token_logprobs, batch, return_hidden=True)  # kept anyway
+        self.record_forward(batch, out)  # for the lazy model_outputs and the helpers
         logps = out.sequence_sums()
         batch["policy_chosen_logps"], batch["policy_rejected_logps"] = logps[:b], logps[b:]
         batch["reference_chosen_logps"], batch["reference_rejected_logps"] = self.reference_logps(batch)
         is_chosen = torch.arange(2 * b, device=self.device) < b
         batch.update(logprobs=out.logprobs, response_mask=out.mask, is_chosen=is_chosen,
                      advantages=is_chosen.float() * 2 - 1)
+        batch["additional_metrics"] = {"logprobs": out.logprobs, "response_mask": out.mask,
+                                       "is_chosen": is_chosen}
         if hidden:
             batch["response_embeddings"] = pair_response_embeddings(out.hidden, batch)
-        loss, metrics = as_loss_and_metrics(self.train_step(batch))
+        self.record_pair_rewards(batch)
+        loss, metrics = as_loss_and_metrics(self.train_step(batch), self.loss_name())
         beta = get_beta(self.loss_fn) or 0.1
         defaults = preference_metrics(*(batch[k] for k in LOGP_KEYS), beta=beta)
         return loss, {**defaults, **metrics}
@@ -215,13 +223,14 @@ class DPOTrainer(Trainer):
                      reference_rejected_logps, **extra):
         """The configured loss function (``algorithm.loss``) on per-sequence log-probs."""
         batch = dict(extra)
+        batch.pop("additional_metrics", None)  # for overrides that name it
         if reference_chosen_logps is not None:
             batch["reference_chosen_logps"] = reference_chosen_logps
             batch["reference_rejected_logps"] = reference_rejected_logps
         outputs = {"policy_chosen_logps": policy_chosen_logps,
                    "policy_rejected_logps": policy_rejected_logps}
         outputs.update({k: batch.pop(k) for k in OUTPUT_KEYS if k in batch})
-        return self.loss_fn(batch, outputs)
+        return self.loss_fn(batch, self.dpo_outputs(outputs))  # + lazy logits, responses, ...
 
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()

@@ -43,6 +43,7 @@ from rlfoundry.algorithms.grpo_buffer import TrainingBuffer, rows_logprobs
 from rlfoundry.algorithms.grpo_embeddings import SampleEmbedder, target_column
 from rlfoundry.algorithms.grpo_eval import eval_metrics, greedy_responses
 from rlfoundry.algorithms.grpo_grouping import GroupedRound, group_size_of, resolve_grouping
+from rlfoundry.algorithms.grpo_helpers import GRPOSeedHelpers
 from rlfoundry.algorithms.loss_functions.grpo import wants_entropy
 from rlfoundry.algorithms.reference import build_reference, reference_module
 from rlfoundry.algorithms.trainer_registry import TRAINERS
@@ -67,8 +68,9 @@ REASONS_SHOWN_PER_STEP = 3
 
 
 @TRAINERS.register("grpo")
-class GRPOTrainer(Trainer):
-    """Group Relative Policy Optimization and its variants (DAPO, Dr.GRPO, GSPO, RLOO, ...)."""
+class GRPOTrainer(GRPOSeedHelpers, Trainer):
+    """Group Relative Policy Optimization and its variants (DAPO, Dr.GRPO, GSPO, RLOO, ...).
+    Helpers for custom code (``self.clip_ratio``, grouping, ...): :mod:`.grpo_helpers`."""
 
     kind = "grpo"
     default_loss_type = "grpo"
@@ -103,7 +105,7 @@ class GRPOTrainer(Trainer):
         self.ref_model = (build_reference(self.model)
                           if getattr(self.loss_fn, "requires_reference", False) else None)
         self.value_head = None
-        if self.loss_fn.cfg.get("value_loss_coef", 0.0) > 0:  # starts at 0 (weight and bias)
+        if getattr(self.loss_fn, "cfg", {}).get("value_loss_coef", 0.0) > 0:  # starts at 0 (weight and bias)
             dtype = next(self.model.parameters()).dtype
             self.value_head = torch.nn.Linear(self.model.config.hidden_size, 1).to(self.device, dtype)
             for p in self.value_head.parameters():
@@ -170,23 +172,8 @@ class GRPOTrainer(Trainer):
         return self.loss_fn(batch, model_outputs)
 
     def train_step(self, batch: dict[str, Any]):
-        outputs = {"logprobs": batch["policy_logps"]}
-        if batch.get("entropy") is not None:
-            outputs["entropy"] = batch["entropy"]
-        if batch.get("value_preds") is not None:
-            outputs["values"] = batch["value_preds"]
-        if batch.get("response_embeddings") is not None:  # the seed calls them "responses" here
-            outputs["response_embeddings"] = outputs["responses"] = batch["response_embeddings"]
-        return self.compute_loss(batch, outputs)
-
-    def embed(self, rollout: Rollout, prompts: list[Any] | None = None,
-              responses: list[str] | None = None) -> torch.Tensor:
-        """Sample embeddings ``[N, D]`` for grouping (``algorithm.grouping.embedding``)."""
-        return self.embedder.samples(rollout, prompts, responses)
-
-    def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """Embeddings ``[len(texts), D]`` of arbitrary texts from the configured source."""
-        return self.embedder.texts(texts)
+        """The loss on ``model_outputs``: logprobs (+ entropy, values) and lazy keys."""
+        return self.compute_loss(batch, self.grpo_outputs(batch))
 
     # ---- the stages ----------------------------------------------------------------------
     def next_batch(self) -> list[int]:
@@ -262,8 +249,11 @@ class GRPOTrainer(Trainer):
                        step=self.step, total_steps=self.total_steps, columns=scored.columns,
                        prompts=prompts, responses=scored.responses, embed=self.embed_texts)
         embeddings = self.embed(rollout, prompts, scored.responses) if self.wants_embeddings(n, **context) else None
-        return grpo_grouping.group_round(scored, self.form_groups, self.compute_advantages,
-                                         self.group_size, context, embeddings)
+        self.record_round(None, embeddings, context)  # extract_contexts may read the prompts
+        grouped = grpo_grouping.group_round(scored, self.form_groups, self.compute_advantages,
+                                            self.group_size, context, embeddings)
+        self.record_round(grouped, embeddings, context)
+        return grouped
 
     def _sampling_rng(self, positions: list[int]):
         """This rank's generator, or (``seed_per_prompt``) one generator per prompt."""
@@ -308,10 +298,12 @@ class GRPOTrainer(Trainer):
         batch["policy_logps"] = out.logprobs
         batch["response_mask"] = out.mask
         batch["entropy"] = out.entropy
-        batch["old_policy_logps"] = batch.get("old_logprobs")
+        old = batch.get("old_logprobs")  # mu = 1: the policy that sampled is the current one
+        batch["old_policy_logps"] = out.logprobs.detach() if old is None else old
         batch["value_preds"] = values  # the seed's train_step reads it; None without a value head
         self._correct_mismatch(batch)
-        return as_loss_and_metrics(self.train_step(batch))
+        self.record_forward(batch, out)
+        return as_loss_and_metrics(self.train_step(batch), self.loss_name())
 
     def _correct_mismatch(self, batch: dict[str, Any]) -> None:
         """Tally engine vs trainer log-prob mismatch; put the rollout_correction weights in the
@@ -330,7 +322,7 @@ class GRPOTrainer(Trainer):
         predictions with a value head: the training forward, run through DDP/FSDP2."""
         with_entropy = wants_entropy(self.loss_fn)
         out = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                             with_entropy=with_entropy, return_hidden=self.value_head is not None or embed,
+                             with_entropy=with_entropy, return_hidden=True,  # held for backward anyway
                              temperature=self.temperature)
         if self.value_head is None:
             return out, None
@@ -341,6 +333,7 @@ class GRPOTrainer(Trainer):
     def optimizer_step(self, indices: list[int]) -> dict[str, float]:
         start = time.perf_counter()
         rollout_metrics, self.rollout_metrics = self.rollout_metrics, {}
+        self.step_rollout_metrics = rollout_metrics  # the lr/beta controllers see them
         self.mismatch_tally = mismatch.MismatchTally()  # a skipped step leaves nothing behind
         metrics = super().optimizer_step(indices)
         tokens = int(self.buffer.loss_mask.sum())

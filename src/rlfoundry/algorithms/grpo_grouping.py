@@ -10,6 +10,7 @@ here: how a run's grouping strategy is resolved from the config and the loss.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ def group_round(scored: ScoredRollout, form_groups: Callable[..., Any],
     """Groups (``form_groups(n, group_size, **context, embeddings=...)``, only the arguments
     it accepts) and advantages (``compute_advantages(rewards, groups)``) of one round."""
     n = len(scored)
-    groups = call_with_accepted(form_groups, n, group_size, **context, embeddings=embeddings)
+    groups = call_grouping_hook(form_groups, n, group_size, {**context, "embeddings": embeddings})
     groups = [torch.as_tensor(g, dtype=torch.long).reshape(-1) for g in groups if len(g) > 0]
     advantages, stats = as_advantages(compute_advantages(scored.rewards, groups))
     stats.update(group_quality_metrics(groups, n, scored.rewards, embeddings))
@@ -94,6 +95,36 @@ def group_round(scored: ScoredRollout, form_groups: Callable[..., Any],
     for k, g in enumerate(groups):
         group_of[g] = k
     return GroupedRound(scored, groups, advantages, stats, group_of)
+
+
+def call_grouping_hook(form_groups: Callable[..., Any], n: int, group_size: int,
+                       context: dict[str, Any]) -> Any:
+    """Call a ``form_groups`` hook. When every parameter it names is known (``batch_size``
+    (alias ``num_samples``), ``group_size``, ``rewards``, ``embeddings``, ``step``,
+    ``total_steps``, ``prompts``, ``responses``, ``columns``, ``prompt_index``, ``embed``,
+    ``diversity_scores``) or has a default, it is called by keyword, so
+    ``def semantic_grouping(self, embeddings, batch_size, group_size=4)`` works; otherwise as
+    ``form_groups(n, group_size, **accepted context)``."""
+    named = {"batch_size": n, "num_samples": n, "group_size": group_size, **context}
+    params = inspect.signature(form_groups).parameters
+    plain = [p for p in params.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not all(p.name in named or p.name == "diversity_scores" or p.default is not p.empty
+               for p in plain):
+        return call_with_accepted(form_groups, n, group_size, **context)
+    if any(p.name == "diversity_scores" for p in plain) and "diversity_scores" not in named:
+        named["diversity_scores"] = diversity_scores(context.get("responses") or [])
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return form_groups(**{k: v for k, v in named.items() if k != "num_samples" or "num_samples" in params})
+    return form_groups(**{p.name: named[p.name] for p in plain if p.name in named})
+
+
+def diversity_scores(responses: list[str]) -> torch.Tensor:
+    """Per response, the share of its words that are distinct (1 = no repetition)."""
+    out = []
+    for text in responses:
+        words = str(text).split()
+        out.append(len(set(words)) / len(words) if words else 0.0)
+    return torch.tensor(out)
 
 
 def select_samples(rounds: list[GroupedRound], dynamic: bool, limit: int, step: int) -> SelectedSamples:

@@ -78,8 +78,34 @@ def render_registered() -> str:
     return out
 
 
+KIND_USE = {"preference": "DPO (preference pairs)", "prompt": "GRPO (prompts with an answer)",
+            "sft": "SFT (prompt + completion)"}
+
+
+def render_builtin_datasets() -> str:
+    """The ``builtin:NAME`` data sets (``data.train`` / ``data.eval``), from the generators."""
+    import inspect
+
+    from rlfoundry.algorithms.grpo_config import DEFAULT_REWARDS
+    from rlfoundry.data.synthetic import BUILTIN_DATASETS
+
+    rows = []
+    for name, (make, kind, size) in sorted(BUILTIN_DATASETS.items()):
+        doc = " ".join((inspect.getdoc(make) or "").split("\n\n")[0].split()).replace("|", "\\|")
+        rewards = ", ".join(r["name"] for r in DEFAULT_REWARDS.get(name, [])) or "-"
+        rows.append(f"| `builtin:{name}` | {KIND_USE[kind]} | {size} / {max(1, size // 10)} | "
+                    f"{rewards} | {doc} |")
+    return ("\n## Built-in data sets\n\nSynthetic tasks generated on the fly (no download): give "
+            "`data.train: builtin:NAME`; the eval split is generated too (never overlapping). "
+            "`data.train_size` / `data.eval_size` set the row counts, `data.builtin_options` the "
+            "generator's options. GRPO runs on a built-in prompt set get its default rewards when "
+            "`algorithm.rewards` is empty.\n\n"
+            "| name | for | rows (train / eval by default) | default GRPO rewards | rows look like |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 def render_document() -> str:
-    return HEADER + render() + render_registered()
+    return HEADER + render() + render_registered() + render_builtin_datasets()
 
 
 if __name__ == "__main__":

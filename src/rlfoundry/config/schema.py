@@ -76,7 +76,8 @@ class DataConfig(Section):
     train: str | list[dict[str, Any]] = Field(
         "builtin:sort_preferences",
         description="Training rows: a .jsonl/.json/.parquet/.csv path, a built-in set "
-        "('builtin:sort_preferences', 'builtin:addition'), or a list of rows.",
+        "('builtin:sort_preferences', 'builtin:addition', 'builtin:sort', 'builtin:max', "
+        "'builtin:*_sft'; see 'Built-in data sets' below), or a list of rows.",
     )
     eval: str | list[dict[str, Any]] | None = Field(
         None,

@@ -40,8 +40,9 @@ from rlfoundry.errors import (
 )
 from rlfoundry.models import load_model, load_tokenizer, prepare_policy
 from rlfoundry.training import checkpoint as ckpt
-from rlfoundry.training import distributed, ownership
+from rlfoundry.training import distributed, loss_counters, ownership
 from rlfoundry.training.logger import MetricsLogger, NullLogger
+from rlfoundry.training.loss_result import check_loss_signature, checked_loss_result
 from rlfoundry.training.metrics import WeightedMean, nonfinite_keys, split_timings
 from rlfoundry.training.optim import build_optimizer, build_scheduler
 from rlfoundry.training.ownership import OutputLock
@@ -58,11 +59,27 @@ _EXIT_HINT = ("Training stopped without applying that step; earlier checkpoints 
 
 
 def coerce_config(config: Any, algorithm: str) -> RunConfig:
-    """A RunConfig, a YAML path, a full run dict, or just an ``algorithm`` section dict."""
+    """A RunConfig, a YAML path, a full run dict, or just an ``algorithm`` section dict. A
+    config that names no ``algorithm.name`` gets the trainer's own (a ``GRPOTrainer`` given
+    a config without it runs GRPO)."""
+    from rlfoundry.algorithms.trainer_registry import TRAINERS, load_builtin_trainers
+    from rlfoundry.config.loader import read_yaml
+
+    load_builtin_trainers()
+    implied = algorithm in TRAINERS  # the trainer's kind names a registered algorithm
+    if isinstance(config, (str, Path)):
+        config = read_yaml(config)
     if config is None:
         config = {"algorithm": {"name": algorithm}}
     elif isinstance(config, dict) and config and set(config) <= set(AlgorithmConfig.model_fields):
         config = {"algorithm": {"name": algorithm, **config}}
+    elif isinstance(config, dict):
+        section = config.get("algorithm") or {}
+        if isinstance(section, dict) and "name" not in section and implied:
+            config = {**config, "algorithm": {"name": algorithm, **section}}
+    elif isinstance(config, RunConfig) and "name" not in config.algorithm.model_fields_set and implied:
+        config = config.model_copy(deep=True)
+        config.algorithm.name = algorithm
     return load_config(config)
 
 
@@ -85,12 +102,10 @@ def call_with_accepted(fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-def as_loss_and_metrics(result) -> tuple[torch.Tensor, dict[str, Any]]:
-    """User hooks may return a loss tensor or ``(loss, metrics)``."""
-    if isinstance(result, tuple):
-        loss, metrics = result
-        return loss, dict(metrics or {})
-    return result, {}
+def as_loss_and_metrics(result, who: str = "the loss") -> tuple[torch.Tensor, dict[str, Any]]:
+    """User hooks may return a loss tensor or ``(loss, metrics)``; a wrong shape or type is
+    a ``LossError`` naming ``who`` (:mod:`rlfoundry.training.loss_result`)."""
+    return checked_loss_result(result, who)
 
 
 class Trainer:
@@ -122,6 +137,7 @@ class Trainer:
         self.engine: ParallelPolicy | None = None
         self.scaler = grad_scaler(cfg.training.precision, self.device)
         self.loss_fn = loss_fn if loss_fn is not None else LossFunctionRegistry.build(cfg.algorithm.loss)
+        check_loss_signature(self.loss_fn, self.loss_name())
         if hasattr(self.loss_fn, "bind_tokenizer"):
             self.loss_fn.bind_tokenizer(self.tokenizer)
         self.beta_schedule = build_schedule(cfg.algorithm.beta_schedule, "beta", get_beta(self.loss_fn) or 0.0,
@@ -266,6 +282,15 @@ class Trainer:
             raise error
         return leftovers
 
+    def loss_name(self) -> str:
+        """"the loss 'type' (module:Class)" for messages about the loss."""
+        loss_type = self.config.algorithm.loss.get("type") or self.default_loss_type
+        return f"the loss '{loss_type}' ({origin(self.loss_fn)})"
+
+    def controller_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The metrics the beta/lr controllers see after a step (GRPO adds its rollout's)."""
+        return metrics
+
     def _blame(self, error: BaseException) -> str:
         """Who exited: "step N: the loss 'type' (module:Class)", or user code elsewhere."""
         loss_type = self.config.algorithm.loss.get("type")
@@ -356,8 +381,12 @@ class Trainer:
         return ParallelPolicy(self.model, self.extra_modules(), strategy, self.dist, self.device)
 
     def _log_eval(self) -> dict[str, float]:
-        with self.full_parameters(), self.autocast():
-            result = self.evaluate()
+        self.loss_fn = loss_counters.Rewinding(self.loss_fn)  # evaluation does not count as steps
+        try:
+            with self.full_parameters(), self.autocast():
+                result = self.evaluate()
+        finally:
+            self.loss_fn = self.loss_fn.rewind()
         if result:
             self.logger.log(self.step, {f"eval/{k}": v for k, v in result.items()})
         return result
@@ -379,6 +408,7 @@ class Trainer:
         normalise themselves with ``batch["global_num_sequences"]`` / ``["global_num_tokens"]``
         (the counts of the whole global batch, all ranks together) and are added unweighted."""
         self.model.train()
+        loss_counters.set_training_step(self.loss_fn, self.step)
         self._loss_hook("on_step_start", self.step, self.total_steps)
         if self.beta_schedule is not None:
             set_beta(self.loss_fn, self.beta_schedule.value(self.step, self.total_steps))
@@ -387,7 +417,9 @@ class Trainer:
         reduction = getattr(self.loss_fn, "reduction", "sequence")
         count_key = "num_tokens" if reduction == "token" else "num_sequences"
         acc, loss_sum = WeightedMean(), 0.0
+        counters, after_first = loss_counters.int_state(self.loss_fn), None
         for i, batch in enumerate(batches):
+            loss_counters.restore(counters)  # per-call counters advance once per step
             batch.update({f"global_{k}": v for k, v in totals.items()})
             share = 0.0 if batch.get("stand_in") else batch[count_key] / max(totals[count_key], 1)
             weight = (0.0 if batch.get("stand_in") else 1.0) if reduction == "sum" else share
@@ -397,6 +429,8 @@ class Trainer:
                 self._backward(loss * (weight * self.engine.loss_scale))
             loss_sum = loss_sum + loss.detach() * weight
             acc.add({k: v for k, v in metrics.items() if k != "loss"}, share)
+            after_first = after_first or loss_counters.int_state(self.loss_fn)
+        loss_counters.restore(after_first or [])
         self._sync_loss_parameters()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -414,11 +448,12 @@ class Trainer:
         if beta is not None:
             metrics["beta"] = beta
         if self.beta_schedule is not None:
-            self.beta_schedule.update(metrics)
+            self.beta_schedule.update(self.controller_metrics(metrics))
         if self.lr_controller is not None:
-            self.lr_controller.update(metrics)
+            self.lr_controller.update(self.controller_metrics(metrics))
         self._advance_schedules()
         self.optimizer.zero_grad(set_to_none=True)
+        loss_counters.set_training_step(self.loss_fn, self.step + 1)  # eval sees steps done
         metrics.update(self.step_counters())
         return metrics
 

@@ -84,8 +84,19 @@ def plain_state(obj: Any) -> dict[str, Any]:
         return {}
     if hasattr(obj, "state_dict") and callable(obj.state_dict):
         return {"state_dict": obj.state_dict()}
-    simple = (int, float, str, bool, list, dict, tuple, torch.Tensor, type(None))
-    return {"attrs": {k: v for k, v in vars(obj).items() if isinstance(v, simple) and k != "cfg"}}
+    return {"attrs": {k: v for k, v in vars(obj).items() if _is_plain(v) and k != "cfg"}}
+
+
+def _is_plain(value: Any) -> bool:
+    """Plain data all the way down; attributes holding code (functions, modules, other
+    losses, e.g. a dict of objective functions) are configuration, not state, and are skipped."""
+    if isinstance(value, (int, float, str, bool, torch.Tensor, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _is_plain(v) for k, v in value.items())
+    return False
 
 
 def restore_plain_state(obj: Any, state: dict[str, Any]) -> None:

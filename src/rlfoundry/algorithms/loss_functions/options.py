@@ -23,7 +23,7 @@ def check_loss_options(cfg: Mapping[str, Any] | None, path: str, defaults: Mappi
     A ``type`` key (the registry name) is dropped and ``beta`` is accepted as an alias of
     ``reference_policy_kl_penalty``. ``extra_keys`` pass unchecked. Other unknown keys are
     rejected, unless ``allow_unknown`` (user subclasses reading their own keys), in which case
-    only close misspellings of the known keys are rejected.
+    only close misspellings of the known keys (the defaults and ``extra_keys``) are rejected.
     """
     if cfg is None:
         cfg = {}
@@ -45,7 +45,8 @@ def check_loss_options(cfg: Mapping[str, Any] | None, path: str, defaults: Mappi
     for key in out:
         if key in defaults or key in extra:
             continue
-        close = difflib.get_close_matches(str(key), base, n=1, cutoff=0.8)
+        # a loss's own declared keys (extra_keys) count as known for the typo check too
+        close = difflib.get_close_matches(str(key), base + sorted(extra), n=1, cutoff=0.8)
         if allow_unknown and not close:
             continue
         raise ConfigError(

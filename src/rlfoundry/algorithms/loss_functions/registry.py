@@ -20,9 +20,11 @@ class LossFunctionRegistry:
     _registry = _REGISTRY
 
     @classmethod
-    def register(cls, name: str):
-        """Decorator that registers a loss class (or factory) under ``name``."""
-        return _REGISTRY.register(name)
+    def register(cls, name: str, *, override: bool = False):
+        """Decorator that registers a loss class (or factory) under ``name``; an existing
+        name is replaced with a ``RegistryOverrideWarning`` naming both classes, unless
+        ``override=True``."""
+        return _REGISTRY.register(name, override=override)
 
     @classmethod
     def get(cls, name: str) -> type:
