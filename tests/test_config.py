@@ -103,8 +103,12 @@ def test_plugin_registers_loss_by_name(tmp_path):
 def test_configuration_reference_is_up_to_date():
     from pathlib import Path
 
-    from rlfoundry.config.reference import render_document
+    import subprocess
+    import sys
 
+    # a fresh process: other tests register (and override) names in the shared registries
+    rendered = subprocess.run([sys.executable, "-m", "rlfoundry.config.reference"], check=True,
+                              capture_output=True, text=True).stdout
     doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-    assert doc.read_text() == render_document(), (
+    assert doc.read_text() == rendered, (
         "docs/configuration.md is stale: run `python -m rlfoundry.config.reference > docs/configuration.md`")

@@ -57,8 +57,8 @@ class LazyOutputs(MutableMapping):
             del self._producers[key]
 
     def __iter__(self) -> Iterator[str]:
-        yield from self._values
-        yield from self._producers
+        # a snapshot: reading a key while iterating (``.items()``) moves it between the dicts
+        return iter([*self._values, *self._producers])
 
     def __len__(self) -> int:
         return len(self._values) + len(self._producers)
