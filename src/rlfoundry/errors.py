@@ -37,3 +37,7 @@ class TrainingInterrupted(RLFoundryError):
     def __init__(self, message: str, *, step: int, signum: int, checkpoint=None) -> None:
         super().__init__(message)
         self.step, self.signum, self.checkpoint = step, signum, checkpoint
+
+
+class RolloutEngineError(RLFoundryError):
+    """An external rollout engine (vLLM) is missing, unreachable or failed."""
