@@ -21,6 +21,9 @@ def _train(args) -> int:
     cfg = load_config(args.config or DEFAULT_RECIPE, args.overrides)
     check_writable(cfg.training.output_dir)  # before the model is loaded
     trainer = TRAINERS.get(cfg.algorithm.name)(config=cfg)
+    from rlfoundry.rollout.factory import attach_backend
+
+    attach_backend(trainer)  # rollout.backend: vllm (a no-op for the HF backend)
     try:
         metrics = trainer.train()
     except TrainingInterrupted as e:

@@ -12,3 +12,13 @@ def build_backend(config, model, tokenizer) -> RolloutBackend:
     if backend == "hf":
         return HFSampler(model, tokenizer)
     raise NotImplementedError(f"rollout.backend '{backend}'")
+
+
+def attach_backend(trainer) -> None:
+    """Give a GRPO ``trainer`` built without ``rollout_backend=`` the engine its
+    ``config.rollout`` names (the trainer builds the HF one itself; the model must be loaded
+    before an engine can be made from it). Anything but a default HF backend is kept."""
+    if not hasattr(trainer, "rollout") or trainer.config.rollout.backend == "hf":
+        return
+    if isinstance(trainer.rollout, HFSampler):
+        trainer.rollout = build_backend(trainer.config, trainer.model, trainer.tokenizer)
