@@ -50,10 +50,11 @@ def request_seeds(generator: torch.Generator | Sequence[torch.Generator], num_pr
 def sampling_kwargs(params: SamplingParams, num_samples: int, seed: int | None,
                     eos_ids: Sequence[int]) -> dict:
     """Keyword arguments of ``vllm.SamplingParams`` (the same keys the OpenAI-compatible
-    completions endpoint takes) for one prompt's ``num_samples`` samples."""
+    completions endpoint takes) for one prompt's ``num_samples`` samples. vLLM refuses n > 1
+    when greedy: one sample is asked for and :func:`assemble_rollout` repeats it."""
     greedy = params.temperature <= 0
     return dict(
-        n=num_samples,
+        n=1 if greedy else num_samples,
         temperature=0.0 if greedy else float(params.temperature),
         top_p=1.0 if greedy else float(params.top_p),
         top_k=0 if greedy else int(params.top_k or 0),
@@ -90,12 +91,18 @@ def finish_sample(sample: EngineSample, eos_ids: set[int], stops: Sequence[str],
 
 
 def assemble_rollout(prompts: Sequence[list[int]], samples: Sequence[Sequence[EngineSample]],
-                     params: SamplingParams, eos_ids: set[int],
+                     num_samples: int, params: SamplingParams, eos_ids: set[int],
                      decode: Callable[[list[int]], str], seconds: float) -> Rollout:
-    """A ``Rollout`` (prompt-major) from ``samples[i]``: the completions of ``prompts[i]``."""
+    """A ``Rollout`` (prompt-major) from ``samples[i]``: the completions of ``prompts[i]``
+    (a single greedy completion stands for all ``num_samples``, which would be equal)."""
     out = Rollout(prompt_index=[], prompt_ids=[], completion_ids=[], sampling_logprobs=[],
                   truncated=[], seconds=seconds)
     for i, (prompt, group) in enumerate(zip(prompts, samples)):
+        if len(group) == 1 and num_samples > 1 and params.temperature <= 0:
+            group = list(group) * num_samples
+        if len(group) != num_samples:
+            raise ValueError(f"the engine returned {len(group)} samples for prompt {i}, "
+                             f"expected {num_samples}")
         for sample in group:
             ids, lps, truncated = finish_sample(sample, eos_ids, params.stop_strings, decode)
             out.prompt_index.append(i)

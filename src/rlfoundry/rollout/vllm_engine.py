@@ -205,7 +205,7 @@ class VLLMColocated:
             if self.on_gpu and self.config.sleep_between_rollouts:
                 self.llm.sleep(level=1)
                 self.sleeping = True
-        return assemble_rollout(prompts, engine_samples(outputs), params, self.eos_ids,
+        return assemble_rollout(prompts, engine_samples(outputs), num_samples, params, self.eos_ids,
                                 self._decode, time.perf_counter() - start)
 
     def _decode(self, ids: list[int]) -> str:

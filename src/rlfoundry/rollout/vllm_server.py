@@ -130,7 +130,7 @@ class VLLMServerClient:
                   for p, s in zip(prompts, seeds)]
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(bodies)))) as pool:
             answers = list(pool.map(lambda b: self._call("/v1/completions", b), bodies))
-        return assemble_rollout(prompts, [parse_choices(a) for a in answers], params,
+        return assemble_rollout(prompts, [parse_choices(a) for a in answers], num_samples, params,
                                 self.eos_ids, self._decode, time.perf_counter() - start)
 
     def _decode(self, ids: list[int]) -> str:
