@@ -69,12 +69,12 @@ def parse_choices(response: dict) -> list[EngineSample]:
     """The ``n`` completions of one ``/v1/completions`` answer, in sample order."""
     out = []
     for choice in sorted(response["choices"], key=lambda c: c["index"]):
-        ids = list(choice.get("token_ids") or [])
-        lps = list((choice.get("logprobs") or {}).get("token_logprobs") or [])
-        if len(lps) != len(ids):
+        ids = choice.get("token_ids")
+        lps = (choice.get("logprobs") or {}).get("token_logprobs")
+        if ids is None or lps is None or len(lps) != len(ids):
             raise RolloutEngineError("the vLLM server returned no token ids or log-probs; is it "
                                      "vLLM >= 0.10 started by `rlfoundry rollout-server`?")
-        out.append(EngineSample(ids, [float(x) for x in lps],
+        out.append(EngineSample(list(ids), [float(x) for x in lps],
                                 engine_stopped=choice.get("finish_reason") == "stop"))
     return out
 
