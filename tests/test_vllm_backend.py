@@ -232,7 +232,7 @@ def test_grpo_on_vllm_learns_max_and_resumes_after_a_kill(tmp_path, sft_model):
     resumed = [m for m in lines if "loss" in m and m["step"] in (5, 6)][-2:]
     for m in resumed:  # steps 5-6 ran twice, from the same checkpoint and seeds
         assert m["loss"] == pytest.approx(killed[m["step"]]["loss"], rel=1e-4, abs=1e-6)
-        assert m["reward"] == pytest.approx(killed[m["step"]]["reward"], abs=1e-6)
+        assert m["reward_mean"] == pytest.approx(killed[m["step"]]["reward_mean"], abs=1e-6)
     evals = [m for m in lines if "eval/accuracy" in m]
     start, end = evals[0]["eval/accuracy"], evals[-1]["eval/accuracy"]
     assert evals[-1]["step"] == steps
