@@ -178,6 +178,33 @@ def test_engine_generates_from_the_new_weights_after_sync(engine, policy, tok):
     assert max_abs_diff(ours.sampling_logprobs, hf.sampling_logprobs) < 1e-4
 
 
+def test_lora_policy_is_served_with_the_adapter_folded_in(tok):
+    pytest.importorskip("peft")
+    from rlfoundry.config.schema import LoRAConfig
+    from rlfoundry.models.lora import apply_lora
+    from rlfoundry.rollout.vllm_engine import VLLMColocated
+
+    policy = apply_lora(build_model("tiny", tok, seed=4), LoRAConfig(r=4, alpha=8)).eval()
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    eng = VLLMColocated(policy, tok)
+    try:
+        params = SamplingParams(temperature=0.0, max_new_tokens=12)
+        for _ in range(2):  # the engine's start, then a push after the adapter changed
+            ours, hf = both(eng, policy, tok, prompts_of(tok), 1, params)
+            assert ours.completion_ids == hf.completion_ids
+            assert max_abs_diff(ours.sampling_logprobs, hf.sampling_logprobs) < 1e-4
+            with torch.no_grad():
+                for name, p in policy.named_parameters():
+                    if "lora_A" in name:
+                        p.mul_(-3.0)
+            eng.sync_weights(policy)
+    finally:
+        eng.close()
+
+
 # ---- end to end ---------------------------------------------------------------------------
 def run_cli(args: list[str], timeout: float = 1200) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rlfoundry", *args], capture_output=True,

@@ -79,6 +79,17 @@ def process_state_kept():
                 os.environ[key] = value
 
 
+@contextmanager
+def no_autocast():
+    """The engine computes in its own dtype, also when the trainer calls it inside autocast."""
+    with torch.autocast("cpu", enabled=False):
+        if torch.cuda.is_available():
+            with torch.autocast("cuda", enabled=False):
+                yield
+        else:
+            yield
+
+
 def engine_samples(outputs) -> list[list[EngineSample]]:
     """vLLM ``RequestOutput``s (one per prompt, ``n`` completions each) as ``EngineSample``s."""
     groups = []
@@ -196,7 +207,7 @@ class VLLMColocated:
         start = time.perf_counter()
         seeds = request_seeds(generator, len(prompts), params.temperature <= 0)
         vllm = import_vllm()
-        with process_state_kept():
+        with process_state_kept(), no_autocast():
             self._ready()
             requests = [{"prompt_token_ids": list(p)} for p in prompts]
             sampling = [vllm.SamplingParams(**sampling_kwargs(params, num_samples, s, self.eos_ids))
