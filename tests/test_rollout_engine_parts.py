@@ -169,3 +169,44 @@ def test_vllm_backend_without_vllm_says_how_to_install(tok):
     cfg = load_config({**GRPO, "rollout": {"backend": "vllm"}})
     with pytest.raises(RolloutEngineError, match=r"rlfoundry\[vllm\]"):
         build_backend(cfg, build_model("tiny", tok), tok)
+
+
+FSDP2_SCRIPT = '''
+import sys, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from rlfoundry.models.tiny import build_model, build_tokenizer
+from rlfoundry.rollout.engine_weights import engine_weights
+dist.init_process_group("gloo")
+tok = build_tokenizer()
+full = engine_weights(build_model("tiny", tok, seed=5))
+model = build_model("tiny", tok, seed=5)
+for layer in model.model.layers:
+    fully_shard(layer)
+fully_shard(model)
+assert any(type(p).__name__ == "DTensor" for p in model.parameters())
+got = engine_weights(model)  # every rank gathers
+assert set(got) == set(full), set(got) ^ set(full)
+bad = [k for k in full if not torch.equal(got[k], full[k])]
+assert not bad, bad
+dist.barrier()
+print("rank", dist.get_rank(), "ok")
+'''
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_are_gathered_into_full_weights(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "gather.py"
+    script.write_text(FSDP2_SCRIPT)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count(" ok") == 2
