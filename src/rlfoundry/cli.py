@@ -204,6 +204,13 @@ def _export(args) -> int:
     return 0
 
 
+def _rollout_server(args) -> int:
+    from rlfoundry.rollout.vllm_server import run_server
+
+    return run_server(args.model, args.host, args.port, args.dtype, args.max_model_len,
+                      args.kv_cache_gib, [a for a in args.vllm_args if a != "--"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlfoundry", description="Post-train language models with DPO and GRPO.")
@@ -291,6 +298,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint directory or run output_dir")
     p.add_argument("out_dir", help="directory to write")
     p.set_defaults(func=_export)
+    p = sub.add_parser(
+        "rollout-server", help="serve GRPO rollouts from vLLM in its own process (rollout.mode: server)",
+        description="Start vLLM's OpenAI-compatible server with the settings rollout.mode: server "
+        "needs (token ids and log-probs out, weight reload and prefix-cache reset endpoints). "
+        "Stops, with its engine processes, on Ctrl-C or SIGTERM. Needs the vllm extra.")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model directory with the policy's architecture and tokenizer "
+                   "(or builtin:tiny); the trainer pushes its own weights before the first rollout")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="engine dtype (default: the checkpoint's)")
+    p.add_argument("--max-model-len", type=int, default=None, help="longest prompt + completion")
+    p.add_argument("--kv-cache-gib", type=int, default=None, help="CPU KV cache in GiB (default 1)")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER,
+                   help="after --: more `vllm serve` options, e.g. -- --gpu-memory-utilization 0.8")
+    p.set_defaults(func=_rollout_server)
     return parser
 
 

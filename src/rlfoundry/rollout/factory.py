@@ -1,4 +1,4 @@
-"""Build the rollout backend a run's ``rollout.backend`` names."""
+"""Build the rollout backend a run's ``rollout`` section names."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ from rlfoundry.rollout.hf_sampler import HFSampler
 
 
 def build_backend(config, model, tokenizer) -> RolloutBackend:
-    """The generation engine of a GRPO run (``config.rollout.backend``)."""
-    backend = config.rollout.backend
-    if backend == "hf":
+    """The generation engine of a GRPO run (``config.rollout``: backend, mode)."""
+    rollout = config.rollout
+    if rollout.backend == "hf":
         return HFSampler(model, tokenizer)
-    raise NotImplementedError(f"rollout.backend '{backend}'")
+    if rollout.mode == "server":
+        from rlfoundry.rollout.vllm_server import VLLMServerClient
+
+        return VLLMServerClient(model, tokenizer, rollout)
+    from rlfoundry.rollout.vllm_engine import VLLMColocated
+
+    return VLLMColocated(model, tokenizer, rollout)
+
