@@ -101,10 +101,9 @@ def test_plugin_registers_loss_by_name(tmp_path):
 
 
 def test_configuration_reference_is_up_to_date():
-    from pathlib import Path
-
     import subprocess
     import sys
+    from pathlib import Path
 
     # a fresh process: other tests register (and override) names in the shared registries
     rendered = subprocess.run([sys.executable, "-m", "rlfoundry.config.reference"], check=True,
