@@ -31,35 +31,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adversarial_cases import CASES  # noqa: E402
 
 
-def _child(fn, conn) -> None:
+def _child(fn, result: str) -> None:
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
             verdict, detail = fn()
     except BaseException as e:  # noqa: BLE001 - a raw escape is itself the finding
         verdict, detail = "UNCLEAR", "raw " + "".join(traceback.format_exception_only(type(e), e))[-600:]
-    conn.send((verdict, str(detail)[:600]))
-    conn.close()
+    # the verdict goes to a file opened only now: a case's hostile code (a reward worker
+    # inherits the descriptors) cannot write into it while it runs
+    with open(result, "w") as f:
+        json.dump([verdict, str(detail)[:600]], f)
     os._exit(0)
 
 
 def run_case(fn, timeout: float) -> tuple[str, str, float]:
+    import tempfile
+
     ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(fn, child))
+    fd, result = tempfile.mkstemp(prefix="rlf-adv-verdict-")
+    os.close(fd)
+    proc = ctx.Process(target=_child, args=(fn, result))
     start = time.monotonic()
     proc.start()
-    child.close()
-    if parent.poll(timeout):
-        try:
-            verdict, detail = parent.recv()
-        except EOFError:
-            verdict, detail = "UNSAFE", "the case's process died without a verdict"
-    else:
-        verdict, detail = "UNSAFE", f"hang: no verdict after {timeout:.0f} s"
+    proc.join(timeout)
     if proc.is_alive():
         proc.kill()
-    proc.join(5)
+        proc.join(5)
+        verdict, detail = "UNSAFE", f"hang: no verdict after {timeout:.0f} s"
+    else:
+        try:
+            verdict, detail = json.loads(Path(result).read_text())
+        except ValueError:
+            verdict, detail = "UNSAFE", f"the case's process died without a verdict (exit {proc.exitcode})"
+    os.unlink(result)
     return verdict, detail, time.monotonic() - start
 
 

@@ -2,7 +2,6 @@
 found after the first round of fixes. Each test replays the attack; it failed on the code
 before its fix (a raw traceback, a misleading message or a deleted file)."""
 
-import fcntl
 import json
 import os
 import socket
@@ -10,13 +9,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
 from rlfoundry.config import load_config
-from rlfoundry.errors import CheckpointError, ConfigError, OutputError
+from rlfoundry.errors import CheckpointError, ConfigError, DataError, OutputError
 from rlfoundry.training import ownership, storage
 from rlfoundry.training.ownership import LOCK_FILE, OutputLock
 
@@ -162,3 +159,62 @@ def test_export_refuses_a_pickle_planted_as_pytorch_model_bin(tmp_path):
     with pytest.raises(CheckpointError, match=r"its model/ cannot be loaded"):
         export(step, tmp_path / "exported")
     assert not marker.exists()
+
+
+# ---- data rows: raw ValueError (huge int) and TypeError from the tokenizer (lone surrogate) -------
+GOOD_ROW = '{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+
+
+@pytest.mark.parametrize("bad, match", [
+    ('{"prompt": "p", "chosen": "a", "rejected": ' + "9" * 5000 + '}\n', r"t.jsonl:2: invalid JSON: .*4300 digits"),
+    ('{"prompt": "p", "chosen": "a\\ud800", "rejected": "b"}\n', r"t.jsonl:2: a string holds a lone surrogate"),
+    ('{"prompt": [{"role": "user", "content": "\\udfff"}], "chosen": "a", "rejected": "b"}\n',
+     r"t.jsonl:2: a string holds a lone surrogate"),
+])
+def test_rows_with_huge_ints_or_lone_surrogates_are_bad_rows(tmp_path, bad, match):
+    from rlfoundry.data.io import read_rows
+
+    path = tmp_path / "t.jsonl"
+    path.write_text(GOOD_ROW + bad + GOOD_ROW)
+    with pytest.raises(DataError, match=match):
+        read_rows(path)
+    assert len(read_rows(path, on_bad_row="skip")) == 2
+
+
+def test_rows_in_a_json_file_with_a_huge_int_name_the_file(tmp_path):
+    from rlfoundry.data.io import read_rows
+
+    path = tmp_path / "t.json"
+    path.write_text('[{"prompt": "p", "chosen": "a", "rejected": ' + "1" * 5000 + '}]')
+    with pytest.raises(DataError, match=r"t.json: invalid JSON"):
+        read_rows(path)
+
+
+# ---- a reward that writes its own reply into the worker's result pipe --------------------------
+def test_a_forged_worker_reply_is_an_error_of_the_reward_not_a_type_error():
+    """The function shares its worker's descriptors; writing a pickled tuple into the result
+    pipe made the trainer raise ``TypeError: unexpected reply from a reward worker``."""
+    from rlfoundry.rewards.calls import RewardCallError, _from_worker
+
+    err = _from_worker(("ok", [99.0, 99.0]), timeout=2.0)
+    assert isinstance(err, RewardCallError) and err.reason == "crashed"
+    assert "malformed reply" in str(err)
+
+
+# ---- an edited (and resealed) checkpoint with a non-finite learning rate ------------------------
+@pytest.mark.parametrize("state, where", [
+    ({"optimizer": {"param_groups": [{"lr": float("inf"), "betas": (0.9, 0.99)}]}, "scheduler": {}},
+     r"optimizer.param_groups\[0\].lr is inf"),
+    ({"optimizer": {"param_groups": [{"lr": 1e-3, "betas": (0.9, float("nan"))}]}, "scheduler": {}},
+     r"optimizer.param_groups\[0\].betas\[1\] is nan"),
+    ({"optimizer": {"param_groups": []}, "scheduler": {"_last_lr": [float("-inf")]}},
+     r"scheduler._last_lr\[0\] is -inf"),
+])
+def test_non_finite_optimizer_settings_in_a_checkpoint_are_refused(state, where):
+    """Resumed silently before, trained a step with lr=inf, and failed only later as a
+    non-finite model that did not name the edited value."""
+    from rlfoundry.training import checkpoint as ckpt
+
+    with pytest.raises(ValueError, match=where):
+        ckpt.check_finite_settings(state)
+    ckpt.check_finite_settings({"optimizer": {"param_groups": [{"lr": 1e-3}]}, "scheduler": {"x": 1.0}})
