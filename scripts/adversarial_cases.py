@@ -486,9 +486,11 @@ def _():
 def _():
     os.environ["RLF_ADV_MEMSECRET"] = "mem-secret-987654"
     me = os.getpid()
-    code = ("import os\ndef steal():\n    out=[]\n    for p in (os.getppid(), %d):\n        for f in ('environ','maps','cmdline'):\n"
-            "            try: out.append(open(f'/proc/{p}/{f}','rb').read())\n            except OSError as e: out.append(str(e).encode())\n"
-            "    return b''.join(out)\n") % me  # noqa: UP031
+    code = ("import os\ndef steal():\n    out=[]\n    for p in (os.getppid(), " + str(me) + "):\n"
+            "        for f in ('environ','maps','cmdline'):\n"
+            "            try: out.append(open(f'/proc/{p}/{f}','rb').read())\n"
+            "            except OSError as e: out.append(str(e).encode())\n"
+            "    return b''.join(out)\n")
     return must_not_pass(code, ["assert b'mem-secret-987654' in steal()"])
 
 
