@@ -84,6 +84,7 @@ for _i, _ov in enumerate([
     "algorithm.learning_rate=.inf",           # the alias
     "training.lr_controller={type: performance, metric: loss, low: .nan, high: 1}",
     "training.lr_controller={type: performance, metric: loss, low: 0, high: 1, up: 1e308}",
+    "training.lr_controller={type: performance, metric: loss, low: 0, high: 1, up: 1e308, max_scale: .inf}",
     "algorithm.loss={type: sigmoid, beta: .inf}",
     "algorithm.loss={type: sigmoid, label_smoothing: .nan}",
     "training.warmup_steps=9223372036854775807",
@@ -92,6 +93,16 @@ for _i, _ov in enumerate([
         if ov.endswith("[-0.0, 0.999]"):
             load([ov])
             return "SAFE", "harmless: -0.0 is a valid beta"
+        if ov.endswith("up: 1e308}"):
+            import math
+
+            from rlfoundry.training.schedules import build_schedule
+            cfg = load([ov])
+            sched = build_schedule(cfg.training.lr_controller, "lr", 1.0, "training.lr_controller")
+            for _ in range(5):
+                sched.update({"loss": -1.0})
+            v = sched.current
+            return ("SAFE" if math.isfinite(v) and v <= 10 else "UNSAFE"), f"multiplier clamped to {v} (max_scale)"
         if "warmup_steps=9223" in ov:
             cfg = load([ov])
             from rlfoundry.training.optim import build_scheduler  # noqa: F401
@@ -219,7 +230,7 @@ def _():
 @case(9, "huge int literal (100k digits) as seed and in reward args")
 def _():
     big = "9" * 100_000
-    r = [_yaml_case(f"training: {{seed: {big}}}\n", "seed"),
+    r = [_yaml_case(f"training: {{seed: {big}}}\n", "run.yaml:1"),
          expect_error(lambda: load([f"training.max_steps={big}"]), "max_steps")]
     bad = [x for x in r if x[0] != "SAFE"]
     return bad[0] if bad else ("SAFE", " | ".join(x[1][:120] for x in r))
