@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rlfoundry.config.schema import ModelConfig
 from rlfoundry.errors import CheckpointError
+from rlfoundry.safe_text import clip, escape_control
 from rlfoundry.training import checkpoint as ckpt
 
 
@@ -61,8 +62,13 @@ def load_checkpoint_model(checkpoint: Path):
         model = build_policy(model_cfg, tokenizer, seed=seed)
         ckpt.load_checkpoint(checkpoint, model)
     else:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint / "model",
-                                                     dtype=DTYPES[model_cfg.dtype])
+        try:  # safetensors only: a pickle (pytorch_model.bin) planted in model/ is never read
+            model = AutoModelForCausalLM.from_pretrained(checkpoint / "model", use_safetensors=True,
+                                                         dtype=DTYPES[model_cfg.dtype])
+        except Exception as e:  # transformers raises OSError, ValueError, its own types
+            raise CheckpointError(f"checkpoint '{checkpoint}': its model/ cannot be loaded "
+                                  f"({type(e).__name__}: {clip(escape_control(str(e)), 300)}); "
+                                  f"export another checkpoint") from e
     return model, tokenizer
 
 

@@ -35,6 +35,23 @@ class Section(BaseModel):
                 raise ValueError("must fit in a signed 64-bit integer (below 2**63)")
         return value
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _plain_text(cls, value: Any) -> Any:
+        # A NUL byte or a lone surrogate (YAML "\0", "\ud800") cannot be a file name or
+        # tokenized text; without this check they surface as raw ValueError/UnicodeEncodeError
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            if isinstance(item, str):
+                if "\0" in item:
+                    raise ValueError("contains a NUL character (\\0)")
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise ValueError(f"contains a lone surrogate {item[e.start]!r} at position "
+                                     f"{e.start}, which is not text") from None
+        return value
+
 
 class LoRAConfig(Section):
     r: int = Field(8, gt=0, description="Rank of the low-rank update.")

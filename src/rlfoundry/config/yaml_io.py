@@ -55,7 +55,17 @@ class _Loader(yaml.SafeLoader):
         _check_expansion(node)
         return node
 
+    def construct_yaml_int(self, node: Node) -> int:
+        # Python refuses to convert integers of more than 4,300 digits (a raw ValueError)
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise ConfigYAMLError(
+                f"{_where(node)}: the integer of {len(str(node.value)):,} characters is too large "
+                f"to read; no setting needs more than 19 digits") from None
 
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),

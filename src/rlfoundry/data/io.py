@@ -193,6 +193,8 @@ def _parse_line(raw: bytes, where: str) -> Row | None:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from e
+    except ValueError as e:  # an integer beyond Python's 4,300-digit conversion limit
+        raise DataError(f"{where}: invalid JSON: {e}") from e
     except RecursionError:
         raise _too_deep(where) from None
     if not isinstance(obj, dict):
@@ -208,10 +210,14 @@ def _too_deep(where: str) -> DataError:
 
 def check_depth(value: Any, where: str, limit: int = MAX_DEPTH) -> None:
     """Raise :class:`DataError` naming ``where`` when ``value`` nests lists/dicts deeper than
-    ``limit`` (checked without recursion, so any depth is safe to check)."""
+    ``limit`` (checked without recursion, so any depth is safe to check) or holds a string
+    with a lone surrogate (JSON ``"\\ud800"``: not text; the tokenizer fails on it)."""
     stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, where)
+            continue
         if isinstance(item, Mapping):
             children: Any = item.values()
         elif isinstance(item, (list, tuple)):
@@ -223,6 +229,15 @@ def check_depth(value: Any, where: str, limit: int = MAX_DEPTH) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: a string holds a lone surrogate {text[e.start]!r} at position "
+                        f"{e.start} (an escape such as \\ud800 without its pair), which is not "
+                        f"text; fix the row") from None
+
+
 def _read_json(path: Path, on_bad_row: str, report: RowReport) -> list[Row]:
     text = _decode(path.read_bytes(), path)
     if not text.strip():
@@ -231,6 +246,8 @@ def _read_json(path: Path, on_bad_row: str, report: RowReport) -> list[Row]:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
+    except ValueError as e:  # an integer beyond Python's 4,300-digit conversion limit
+        raise DataError(f"{path}: invalid JSON: {e}") from e
     except RecursionError:
         raise _too_deep(str(path)) from None
     if isinstance(obj, dict):

@@ -9,6 +9,7 @@ special tokens, since the template writes its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from rlfoundry.data.row_dataset import RowDataset
 from rlfoundry.data.row_policy import SHOWN, logger
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.registry import did_you_mean
+from rlfoundry.safe_text import short_repr
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -33,6 +35,9 @@ def missing_key_error(where: str, key: str, row: Mapping[str, Any]) -> DataError
     """A DataError for a row lacking ``key``, suggesting a close present key."""
     present = ", ".join(repr(k) for k in row) or "(none)"
     return DataError(f"{where}: missing key '{key}'{did_you_mean(key, row)}; the row has {present}")
+
+
+ROLE = re.compile(r"[A-Za-z][\w-]{0,63}")
 
 
 def check_messages(value: Any, where: str, name: str) -> list[Message]:
@@ -52,6 +57,10 @@ def check_messages(value: Any, where: str, name: str) -> list[Message]:
                 raise DataError(
                     f"{where}: {name}[{i}]['{key}'] must be a string, got {type(m[key]).__name__}"
                 )
+        if not ROLE.fullmatch(m["role"]):  # the template writes it verbatim: no markup in it
+            raise DataError(
+                f"{where}: {name}[{i}]['role'] must be a plain name such as 'user' or "
+                f"'assistant' (letters, digits, _ and -), got {short_repr(m['role'])}")
         messages.append(dict(m))
     return messages
 

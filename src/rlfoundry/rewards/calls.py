@@ -158,7 +158,11 @@ def _from_worker(outcome: Any, timeout: float | None) -> Scored | BaseException:
                                outcome.traceback)
     if isinstance(outcome, Died):
         return RewardCallError(outcome.description, "crashed")
-    raise TypeError(f"unexpected reply from a reward worker: {type(outcome).__name__}")
+    # the function shares the worker's descriptors: it wrote something of its own into the
+    # result pipe (the worker is no security boundary, but its reply must not be a raw TypeError)
+    return RewardCallError(f"sent a malformed reply from its worker process (a "
+                           f"{type(outcome).__name__}); did it write to inherited file "
+                           f"descriptors?", "crashed")
 
 
 @dataclass(frozen=True)

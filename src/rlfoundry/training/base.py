@@ -634,6 +634,7 @@ class Trainer:
             ) from e
 
     def _load_loop_state(self, state: dict[str, Any]) -> str:
+        ckpt.check_finite_settings(state)
         if not self.engine.sharded:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

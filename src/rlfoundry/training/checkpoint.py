@@ -411,6 +411,27 @@ def load_checkpoint(path: Path, model) -> dict[str, Any]:
     return state
 
 
+def check_finite_settings(state: dict[str, Any]) -> None:
+    """ValueError naming the key when the optimizer's hyperparameters or the scheduler's numbers
+    in a checkpoint are NaN/inf (a resealed, edited checkpoint: the manifest is no signature)."""
+    import math
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where} is {value} in the checkpoint (edited?)")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    optimizer = state.get("optimizer")
+    if isinstance(optimizer, dict):
+        walk(optimizer.get("param_groups"), "optimizer.param_groups")
+    walk(state.get("scheduler"), "scheduler")
+
+
 def saved_config(path: Path) -> dict[str, Any] | None:
     """The run config stored in checkpoint ``path`` (reads only its small state file)."""
     state = state_io.load_state(Path(path) / STATE_FILE)

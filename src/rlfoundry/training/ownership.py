@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -62,10 +63,15 @@ class OutputLock:
     def acquire(self) -> None:
         for _ in range(5):  # the file may be replaced under us by a takeover; retry on a new one
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                             0o644)
             except OSError as e:
                 raise OutputError(f"training.output_dir: cannot open the lock file '{self.path}' "
                                   f"({e.strerror or e}); remove whatever is in its place") from e
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted in its place
+                os.close(fd)
+                raise OutputError(f"training.output_dir: the lock file '{self.path}' is not a "
+                                  f"regular file; remove whatever is in its place")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -137,13 +143,13 @@ def _held_message(path: Path, holder: dict[str, Any]) -> str:
 def _orphaned(holder: dict[str, Any]) -> bool:
     """The flock is held, but the process named in the lock is gone from this host."""
     pid, host = holder.get("pid"), holder.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return False
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or host != socket.gethostname():
+        return False  # a forged or garbled body: never guess that the holder is gone
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:
+    except (PermissionError, OverflowError):
         return False
     return False
 
@@ -230,6 +236,19 @@ def previous_run(output_dir: Path) -> list[Path]:
     return found + ([output_dir / "final"] if (output_dir / "final").exists() else [])
 
 
+# what a directory written by rlfoundry holds (the manifest; older versions: the state file or
+# the model's config): --overwrite deletes nothing else, whatever its name (a symlinked
+# checkpoints/ or final/ may lead anywhere)
+OUTPUT_MARKERS = ("manifest.json", "trainer_state.pt", "config.json", "model/config.json",
+                  "adapter_config.json", "model/adapter_config.json")
+
+
+def _looks_like_output(path: Path) -> bool:
+    if path.is_symlink() or not path.is_dir():
+        return True  # removing a link or a stray file deletes nothing behind it
+    return any((path / marker).is_file() for marker in OUTPUT_MARKERS)
+
+
 def claim(output_dir: Path, overwrite: bool, resuming: bool = False) -> list[Path]:
     """For a fresh run (or ``resume: auto`` with no checkpoint to resume): refuse ``output_dir``
     when it holds another run (unless ``overwrite``, which deletes that run's checkpoints and
@@ -245,6 +264,12 @@ def claim(output_dir: Path, overwrite: bool, resuming: bool = False) -> list[Pat
             f"training.output_dir: '{output_dir}' already holds another run ({len(found)} "
             f"checkpoint/final directories, e.g. {shown}); {options} training.overwrite=true "
             f"(--overwrite) to delete it and start over, or choose another training.output_dir.")
+    strange = [p for p in found if not _looks_like_output(p)]
+    if strange:
+        raise OutputError(
+            f"training.overwrite: '{strange[0]}' does not look like a checkpoint or final model "
+            f"of rlfoundry (no {', '.join(OUTPUT_MARKERS)}), so it is not deleted; delete it by "
+            f"hand or choose another training.output_dir")
     for path in found:
         trash = path.with_name(f".trash_{path.name}_{os.getpid()}")
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from rlfoundry.errors import OutputError
@@ -22,7 +23,7 @@ def check_writable(directory: str | Path, key: str = "training.output_dir") -> P
     """Create ``directory`` and prove a file can be written and synced there, or raise
     :class:`OutputError` naming the config key (called before any training time is spent)."""
     directory = Path(directory)
-    probe = directory / f".write_test_{os.getpid()}"
+    probe = directory / f".write_test_{os.getpid()}_{threading.get_ident()}"  # runs in threads too
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with open(probe, "wb") as f:
