@@ -13,7 +13,9 @@ meanwhile); otherwise it is a real Ctrl-C and propagates.
 from __future__ import annotations
 
 import functools
+import os
 import signal
+import sysconfig
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -120,12 +122,21 @@ def origin(fn: Any) -> str:
     return f"{module}:{getattr(target, '__qualname__', repr(target))}"
 
 
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({os.path.realpath(paths[k]) + os.sep for k in ("stdlib", "purelib", "platlib")})
+
+
 def raise_site(error: BaseException) -> str:
-    """``file:line in function`` of the innermost Python frame of ``error``'s traceback."""
+    """``file:line in function`` of the innermost frame of ``error``'s traceback that is not in
+    the standard library or an installed package (``sys.exit`` may be wrapped by one, e.g.
+    wandb's exit hook), else of the innermost frame."""
     frames = traceback.extract_tb(error.__traceback__)
     if not frames:
         return "an unknown place"
-    last = frames[-1]
+    libraries = _library_dirs()
+    own = [f for f in frames if not os.path.realpath(f.filename).startswith(libraries)]
+    last = (own or frames)[-1]
     return f"{last.filename}:{last.lineno} in {last.name}"
 
 
