@@ -160,6 +160,15 @@ def grpo_loo_std_advantages(
 REINFORCE_BASELINES: tuple[str, ...] = ("group", "batch")
 
 
+@ADVANTAGE_ESTIMATORS.register("process")
+def process_outcome_advantages(rewards: torch.Tensor, groups: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Process supervision (``algorithm.advantage.process``): the GRPO trainer trains on
+    per-token advantages from step rewards (``algorithms/process_rewards.py``). This
+    per-sequence value, the ``grpo`` advantage of the outcome rewards, is only logged and
+    checked; it never reaches the loss."""
+    return grpo_advantages(rewards, groups)
+
+
 @ADVANTAGE_ESTIMATORS.register("reinforce_pp")
 def reinforce_pp_advantages(
     rewards: torch.Tensor,

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from rlfoundry.algorithms import grpo_config, grpo_grouping, mismatch
+from rlfoundry.algorithms import grpo_config, grpo_grouping, grpo_process, mismatch
 from rlfoundry.algorithms.advantages import compute_configured_advantages
 from rlfoundry.algorithms.grouping import GROUPINGS, GroupingContext, needs_embeddings
 from rlfoundry.algorithms.grpo_buffer import TrainingBuffer, rows_logprobs
@@ -93,6 +93,8 @@ class GRPOTrainer(GRPOSeedHelpers, Trainer):
         self.sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, list(s.stop_strings))
         self.temperature = s.temperature or 1.0  # of the training log-probs (1 for greedy sampling)
         self.reward_fns = scoring.reward_functions(reward_fns, algo.rewards)
+        self.token_advantages = (grpo_process.TokenAdvantages(algo.advantage, self.tokenizer)
+                                 if algo.advantage.estimator == grpo_process.PROCESS else None)
         self.grouping_name, self.grouping_options = resolve_grouping(algo, self.loss_fn)
         self.grouping = GROUPINGS.get(self.grouping_name)
         self.embedder = SampleEmbedder(self.model, self.tokenizer, self.grouping_options, self.device)
@@ -216,8 +218,7 @@ class GRPOTrainer(GRPOSeedHelpers, Trainer):
             self.nonfinite("rewards", scored.nonfinite)
         with self.full_parameters():  # a strategy may embed samples with the policy
             grouped = self._group(scored, prompt_indices) if self.dist.is_main else None
-        decision = distributed.broadcast_object(
-            None if grouped is None else (grouped.groups, grouped.advantages, grouped.stats, grouped.group_of))
+        decision = distributed.broadcast_object(None if grouped is None else grouped.decision())
         grouped = GroupedRound(scored, *decision)
         bad = grouped.nonfinite_advantages()
         if bad:
@@ -251,7 +252,7 @@ class GRPOTrainer(GRPOSeedHelpers, Trainer):
         embeddings = self.embed(rollout, prompts, scored.responses) if self.wants_embeddings(n, **context) else None
         self.record_round(None, embeddings, context)  # extract_contexts may read the prompts
         grouped = grpo_grouping.group_round(scored, self.form_groups, self.compute_advantages,
-                                            self.group_size, context, embeddings)
+                                            self.group_size, context, embeddings, self.token_advantages)
         self.record_round(grouped, embeddings, context)
         return grouped
 

@@ -19,6 +19,7 @@ import torch
 
 from rlfoundry.algorithms.grpo_grouping import SelectedSamples
 from rlfoundry.data.padding import pad_prompt_completions
+from rlfoundry.errors import DataError
 from rlfoundry.ops.lm_head import token_logprobs
 
 # [N, D] tensors that are not aligned with the token positions
@@ -36,7 +37,7 @@ class TrainingBuffer:
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
     sampling_logprobs: torch.Tensor  # the engine's log-probs at sampling time
-    advantages: torch.Tensor  # [N] float32
+    advantages: torch.Tensor  # [N] float32, or [N, T - 1] per token (estimator: process)
     returns: torch.Tensor  # [N] float32: the rewards
     truncated: torch.Tensor  # [N] bool: no EOS within max_new_tokens
     responses: list[str]
@@ -62,10 +63,12 @@ class TrainingBuffer:
             sampling[k, start - 1: start - 1 + len(completions[k])] = torch.tensor(
                 s.rollout.sampling_logprobs[i])
         group_id = selection.group_id()
+        advantages = torch.stack([g.advantages[i] for _, g, i in picked]).float()
+        if any(g.token_advantages is not None for _, g, _ in picked):
+            advantages = token_aligned(picked, prompts, sampling.shape)
         return cls(
             input_ids=input_ids, attention_mask=attention, loss_mask=loss_mask,
-            sampling_logprobs=sampling,
-            advantages=torch.stack([g.advantages[i] for _, g, i in picked]).float(),
+            sampling_logprobs=sampling, advantages=advantages,
             returns=torch.stack([s.rewards[i] for s, _, i in picked]).float(),
             truncated=torch.tensor([s.rollout.truncated[i] for s, _, i in picked]),
             responses=[s.responses[i] for s, _, i in picked],
@@ -129,6 +132,20 @@ class TrainingBuffer:
         batch["num_sequences"] = len(indices)
         batch["num_tokens"] = int((valid_mask(batch) if valid_mask else batch["response_mask"]).sum())
         return batch
+
+
+def token_aligned(picked: list[tuple[Any, Any, int]], prompts: list[list[int]],
+                  shape: torch.Size) -> torch.Tensor:
+    """Per-token advantages ``[N, T - 1]`` of the picked ``(scored, grouped, i)`` samples,
+    aligned with the labels like the sampling log-probs (0 outside the completion)."""
+    out = torch.zeros(shape, dtype=torch.float32)
+    for k, (_, g, i) in enumerate(picked):
+        if g.token_advantages is None:
+            raise DataError(f"sample {i} of a round has no per-token advantages while others "
+                            "have; every round of a step needs token_advantages")
+        adv, start = g.token_advantages[i], len(prompts[k])
+        out[k, start - 1: start - 1 + adv.numel()] = adv.float()
+    return out
 
 
 def rows_logprobs(module: torch.nn.Module, buffer: TrainingBuffer, rows: range, size: int,

@@ -4,6 +4,7 @@ and the prompt datasets it trains and evaluates on."""
 from __future__ import annotations
 
 from rlfoundry.algorithms.grpo_grouping import check_grouping, group_size_of, resolve_grouping
+from rlfoundry.algorithms.grpo_process import check_process_config
 from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
 from rlfoundry.algorithms.mismatch import RolloutCorrection
 from rlfoundry.config import RunConfig
@@ -54,6 +55,8 @@ def validate_grpo_config(cfg: RunConfig) -> None:
         except ConfigError as e:
             raise ConfigError(f"algorithm.rewards[{i}]: {e}") from None
     check_grouping(*resolve_grouping(algo, LossFunctionRegistry.build(loss)))
+    check_process_config(algo.advantage, [getattr(c, "loss_type", "") for c in
+                                          loss_components(LossFunctionRegistry.build(loss))])
     RolloutCorrection.from_config(algo.rollout_correction)
     g = group_size_of(algo)
     micro = cfg.training.micro_batch_size

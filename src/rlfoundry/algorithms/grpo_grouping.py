@@ -37,6 +37,11 @@ class GroupedRound:
     advantages: torch.Tensor
     stats: dict[str, Any] = field(default_factory=dict)
     group_of: torch.Tensor | None = None
+    token_advantages: list[torch.Tensor] | None = None  # estimator: process, [L_i] per sample
+
+    def decision(self) -> tuple:
+        """What rank 0 decides and broadcasts: ``GroupedRound(scored, *decision)`` rebuilds it."""
+        return self.groups, self.advantages, self.stats, self.group_of, self.token_advantages
 
     def __len__(self) -> int:
         return len(self.scored)
@@ -83,9 +88,11 @@ class SelectedSamples:
 
 def group_round(scored: ScoredRollout, form_groups: Callable[..., Any],
                 compute_advantages: Callable[..., Any], group_size: int, context: dict[str, Any],
-                embeddings: torch.Tensor | None = None) -> GroupedRound:
+                embeddings: torch.Tensor | None = None,
+                token_advantages: Callable[..., Any] | None = None) -> GroupedRound:
     """Groups (``form_groups(n, group_size, **context, embeddings=...)``, only the arguments
-    it accepts) and advantages (``compute_advantages(rewards, groups)``) of one round."""
+    it accepts) and advantages (``compute_advantages(rewards, groups)``) of one round, plus
+    per-token advantages (``token_advantages(scored, groups)``) when that hook is given."""
     n = len(scored)
     groups = call_grouping_hook(form_groups, n, group_size, {**context, "embeddings": embeddings})
     groups = [torch.as_tensor(g, dtype=torch.long).reshape(-1) for g in groups if len(g) > 0]
@@ -94,7 +101,8 @@ def group_round(scored: ScoredRollout, form_groups: Callable[..., Any],
     group_of = torch.full((n,), -1, dtype=torch.long)
     for k, g in enumerate(groups):
         group_of[g] = k
-    return GroupedRound(scored, groups, advantages, stats, group_of)
+    per_token = token_advantages(scored, groups) if token_advantages is not None else None
+    return GroupedRound(scored, groups, advantages, stats, group_of, per_token)
 
 
 def call_grouping_hook(form_groups: Callable[..., Any], n: int, group_size: int,

@@ -370,6 +370,20 @@ class RewardSpec(Section):
         "cannot stop code that catches it); false: always in a worker (see docs/reliability.md).")
 
 
+class ProcessAdvantageConfig(Section):
+    """GRPO ``advantage.estimator: process``: per-token advantages from step rewards."""
+
+    source: str = Field(..., description="Step-reward function: a registered reward name or "
+                        "'my_module:my_fn', called as fn(prompts, completions, **columns) and "
+                        "returning, per sample, a list of step rewards (a data column of step "
+                        "rewards can be returned by such a function).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the function.")
+    steps: Literal["delimiter", "equal"] = Field(
+        "delimiter", description="How tokens map to steps: split the completion text at "
+        "'delimiter', or cut the tokens into as many equal spans as there are step rewards.")
+    delimiter: str = Field("\n\n", min_length=1, description="Step separator for steps: delimiter.")
+
+
 class AdvantageConfig(Section):
     estimator: str = Field("grpo", description="Registered estimator: 'grpo', 'rloo', 'dr_grpo', "
                            "'grpo_loo_std', 'reinforce_pp', ...")
@@ -382,6 +396,10 @@ class AdvantageConfig(Section):
         "baseline) or only the batch mean, before normalising over the batch.")
     whiten: bool = Field(False, description="Shift and scale the advantages to mean 0, std 1 "
                          "over the batch's grouped samples (after the estimator, before clip).")
+    # issue 16 item 11: process rewards (docs/objectives.md)
+    process: ProcessAdvantageConfig | None = Field(
+        None, description="estimator: process: where the step rewards come from and how "
+        "tokens map to steps; required by (and only used with) that estimator.")
 
 
 class DynamicSamplingConfig(Section):
