@@ -150,7 +150,7 @@ def test_equal_spans_from_the_sampler(tmp_path):
         adv = batch["advantages"]
         rows = completion_rows(batch, t.tokenizer)
         steps = [token_steps_equal(len(ids), 2) for ids, _ in rows]
-        for r, (ids, pos) in enumerate(rows):
+        for r, (_ids, pos) in enumerate(rows):
             values = adv[r, pos]
             step0 = values[[k for k, s in enumerate(steps[r]) if s == 0]]
             step1 = values[[k for k, s in enumerate(steps[r]) if s == 1]]
@@ -185,7 +185,9 @@ def test_config_errors_name_the_key(tmp_path, change, key):
     cfg = config(tmp_path)
     cfg["algorithm"].update(change)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        trainer(cfg)
+        load_config(cfg)  # at config load, before any model is built
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        trainer(cfg)  # and from Python with a dict config
 
 
 def test_bad_steps_value_is_rejected_at_load(tmp_path):

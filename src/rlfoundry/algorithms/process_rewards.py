@@ -16,7 +16,8 @@ Two pure stages:
 
 The result, one ``[T_i]`` tensor per sample, is what the GRPO losses accept as per-token
 advantages ``[B, T]`` (see ``loss_functions/grpo.py``; ``gspo`` needs ``[B]``).
-Wiring a process-reward column through the GRPO trainer's rollout is not done yet.
+The GRPO trainer uses them for ``algorithm.advantage.estimator: process``
+(``algorithms/grpo_process.py``).
 """
 
 from __future__ import annotations
