@@ -11,4 +11,6 @@ def load_builtin_trainers() -> None:
     """Import the built-in trainer modules so they register themselves."""
     import rlfoundry.algorithms.dpo  # noqa: F401
     import rlfoundry.algorithms.grpo  # noqa: F401
+    import rlfoundry.algorithms.kto  # noqa: F401
+    import rlfoundry.algorithms.online_dpo  # noqa: F401
     import rlfoundry.algorithms.sft  # noqa: F401
