@@ -193,6 +193,14 @@ class OnlineDPOTrainer(DPOTrainer):
             self.logger.write(f"step {self.step + 1}: {line}")
         return result, nonfinite
 
+    def micro_batches(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The step's micro-batches; none when every prompt tied (stand-ins under torchrun
+        when another rank has pairs)."""
+        if indices:
+            return super().micro_batches(indices)
+        busiest = distributed.all_reduce_max(0) if self.dist.enabled else 0
+        return [self.stand_in_batch() for _ in range(busiest)]
+
     def stand_in_batch(self) -> dict[str, Any]:
         """A weight-0 micro-batch for a rank with fewer pairs than another this step (it may
         have none: then a pair of the first prompt with an EOS-only completion)."""
