@@ -15,7 +15,6 @@ from rlfoundry.data.unpaired import UnpairedDataset, mismatched_partners, unpair
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.models import build_model, build_tokenizer
 
-
 # ---------------------------------------------------------------- the loss
 
 
