@@ -64,6 +64,7 @@ class KTOTrainer(DPOTrainer):
         self.train_pairs = _renumbered(train.tokenize(self.tokenizer, **kw))
         self.eval_pairs = _renumbered(evals.tokenize(self.tokenizer, **kw)) if evals is not None else []
         self._step_kl: torch.Tensor | None = None
+        self._ref_cache: dict[tuple[int, ...], tuple] = {}
         self._setup_reference()
         return len(self.train_pairs)
 
@@ -83,7 +84,11 @@ class KTOTrainer(DPOTrainer):
         with torch.enable_grad() if grad else torch.no_grad():
             run = self.forward_policy if grad else (lambda fn, *a: fn(self.model, *a))
             logps = run(pair_token_logprobs, batch).sequence_sums()
-        ref, ref_kl = self.reference_logps(batch)
+        key = tuple(batch["index"].tolist())
+        cached = self._ref_cache.get(key) if batch["split"] == "train" else None
+        ref, ref_kl = cached if cached is not None else self.reference_logps(batch)
+        if self._step_kl is None and batch["split"] == "train":  # the step's z0 pass: keep them
+            self._ref_cache[key] = (ref, ref_kl)
         return {"policy_logps": logps[:b], "policy_kl_logps": logps[b:],
                 "reference_logps": ref, "reference_kl_logps": ref_kl}
 
@@ -104,11 +109,12 @@ class KTOTrainer(DPOTrainer):
 
     def optimizer_step(self, indices: list[int]) -> dict[str, float]:
         self.model.train()
+        self._ref_cache = {}  # reference log-probs of the z0 pass, reused by the micro-steps
         self._step_kl = self.step_kl(indices)
         try:
             return super().optimizer_step(indices)
         finally:
-            self._step_kl = None
+            self._step_kl, self._ref_cache = None, {}
 
     def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         batch = self.to_device(batch)
