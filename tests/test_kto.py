@@ -3,6 +3,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.models import build_model, build_tokenizer
 
 # ---------------------------------------------------------------- the loss
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "configs"
 
 
 def plain_kto(policy, ref, labels, policy_kl, ref_kl, beta, lam_d, lam_u):
@@ -274,3 +277,14 @@ def test_kto_learns_the_preference_on_paired_data(tmp_path):
     assert trainer.initial_eval["pair_accuracy"] == 0.5  # policy == reference: all ties
     assert trainer.last_eval["pair_accuracy"] > 0.65
     assert trainer.last_eval["reward_margin"] > 0
+
+
+def test_example_config_trains_from_the_cli(tmp_path):
+    from rlfoundry.cli import main
+
+    code = main(["train", str(EXAMPLES / "kto.yaml"), f"training.output_dir={tmp_path}",
+                 "training.max_steps=2", "training.eval_every=2", "data.train_size=16",
+                 "data.eval_size=8", "logging.progress_bar=false", "logging.tensorboard=false"])
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/pair_accuracy" in r for r in rows) and (tmp_path / "final").is_dir()

@@ -2,6 +2,7 @@
 all-tie steps, learning from its own samples)."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from rlfoundry.models import build_model, build_tokenizer
 from rlfoundry.rollout import Rollout
 from rlfoundry.training.logger import NullLogger
 from rlfoundry.training.sampler import EpochSampler
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "configs"
 
 
 def ones(prompts, completions, **kw):
@@ -154,3 +157,17 @@ def test_online_dpo_raises_the_reward_of_its_own_samples(tmp_path):
     trainer = make_trainer(cfg, reward=ones, dtype=torch.float32)
     trainer.train()
     assert trainer.last_eval["reward_mean"] > trainer.initial_eval["reward_mean"] + 0.2
+
+
+def test_example_config_trains_from_the_cli(tmp_path):
+    import json
+
+    from rlfoundry.cli import main
+
+    code = main(["train", str(EXAMPLES / "online_dpo_max.yaml"), f"training.output_dir={tmp_path}",
+                 "model.name_or_path=builtin:tiny", "training.max_steps=2", "training.eval_every=2",
+                 "training.batch_size=4", "data.train_size=8", "data.eval_size=4",
+                 "logging.progress_bar=false", "logging.tensorboard=false"])
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/accuracy" in r for r in rows) and any("pairs" in r for r in rows)
