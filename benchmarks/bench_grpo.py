@@ -6,8 +6,14 @@
 Both libraries get the same model, prompts, reward function (a cheap length reward), number
 of prompts per step, ``num_generations``, ``max_completion_length``, sampling settings
 (temperature 1, top-p 1, no top-k), loss (``dapo``: token mean over the whole step, clip 0.2,
-no KL term, one update per rollout so no old-log-prob forward), learning rate, AdamW and
-micro-batch size, fp32. Each library runs in its own subprocess; repetitions interleave.
+one update per rollout so no old-log-prob forward), learning rate, AdamW and micro-batch
+size, fp32. Each library runs in its own subprocess; repetitions interleave.
+
+``--betas`` (default ``0,0.04``) runs each KL setting side by side: beta 0 (no reference
+model) and beta > 0 (the k3 KL term against a live reference model, a frozen copy of the
+initial policy, in both libraries; GRPO's reference log-probs are of freshly sampled
+completions, so there is nothing to precompute as in DPO). Each beta gets its own
+equal-math check and timing table.
 
 **What "equal math" means for sampled runs.** Sampled completions differ between two runs
 (each library draws its own random numbers), so their losses are not comparable sample by
@@ -116,7 +122,7 @@ def worker_trl(spec: dict) -> dict:
         output_dir=spec["output_dir"], per_device_train_batch_size=micro,
         gradient_accumulation_steps=samples // micro, num_generations=t["num_generations"],
         max_completion_length=t["max_completion_length"], temperature=1.0, top_p=1.0, top_k=0,
-        beta=0.0, loss_type="dapo", epsilon=0.2, num_iterations=1, scale_rewards="group",
+        beta=t["beta"], loss_type="dapo", epsilon=0.2, num_iterations=1, scale_rewards="group",
         learning_rate=t["learning_rate"], lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, max_steps=t["steps"], bf16=False, fp16=False,
         use_cpu=True, gradient_checkpointing=spec["trl"]["gradient_checkpointing"],
@@ -182,7 +188,8 @@ def worker_rlfoundry(spec: dict) -> dict:
         "algorithm": {"name": "grpo", "group_size": t["num_generations"],
                       "sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": 0,
                                    "max_new_tokens": t["max_completion_length"]},
-                      "loss": {"type": "dapo", "clip_ratio": 0.2},
+                      "loss": {"type": "dapo", "clip_ratio": 0.2,
+                               "reference_policy_kl_penalty": t["beta"]},
                       "advantage": {"estimator": "grpo", "scale_rewards": "group"},
                       "rewards": [{"name": "math_accuracy"}]},  # replaced by reward_fns below
         "model": {"name_or_path": spec["model"], "tokenizer": spec["tokenizer"]},
@@ -230,6 +237,8 @@ def main() -> None:
     p.add_argument("--max-completion-length", type=int, default=64)
     p.add_argument("--micro-batch-size", type=int, default=8, help="completions per forward/backward")
     p.add_argument("--check-steps", type=int, default=2, help="steps of the equal-math check (0: skip)")
+    p.add_argument("--betas", default="0,0.04",
+                   help="comma-separated KL coefficients; each > 0 uses a live reference model")
     p.add_argument("--trl-config", choices=["fast", "default"], default="fast",
                    help="fast: gradient checkpointing off; default: TRL's default (on)")
     args = p.parse_args()
@@ -265,28 +274,35 @@ def main() -> None:
           f"{args.micro_batch_size} completions; fp32; {args.threads} threads", flush=True)
     report: dict = {"machine": common.machine_info(args.threads), "settings": {**train, **trl_cfg}}
     peak = common.matmul_peak_gflops(args.threads)  # best of before and after the runs
-    if args.check_steps:
-        spec = {**base, "output_dir": str(workdir / "grpo_check"),
-                "train": {**train, "steps": args.check_steps, "sequential": True, "fixed": True}}
-        res = common.interleaved(SCRIPT, libraries, spec, workdir, 1, label="grpo_check")
-        report_check(res, libraries)
-        report["check"] = {lib: res[lib][0].data["records"] for lib in libraries}
-
-    spec = {**base, "output_dir": str(workdir / "grpo_run"),
-            "train": {**train, "steps": args.steps, "sequential": False, "fixed": False}}
-    res = common.interleaved(SCRIPT, libraries, spec, workdir, args.repeats, label="grpo")
-    peak = max(peak, common.matmul_peak_gflops(args.threads))
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_path)
     prompt_len = sum(len(tok(r["prompt"])["input_ids"]) for r in common.read_jsonl(data)) / n
-    report_speed(res, libraries, args, peak, mspec, prompt_len)
+    res: dict = {}
+    for beta in [float(b) for b in args.betas.split(",")]:
+        tag = f"beta{beta:g}"
+        train_b = {**train, "beta": beta}
+        print(f"\n=== beta {beta:g} ({'live reference model' if beta else 'no reference model'}) ===",
+              flush=True)
+        if args.check_steps:
+            spec = {**base, "output_dir": str(workdir / f"grpo_check_{tag}"),
+                    "train": {**train_b, "steps": args.check_steps, "sequential": True, "fixed": True}}
+            check = common.interleaved(SCRIPT, libraries, spec, workdir, 1, label=f"grpo_check_{tag}")
+            report_check(check, libraries, beta)
+            report[f"check_{tag}"] = {lib: check[lib][0].data["records"] for lib in libraries}
+        spec = {**base, "output_dir": str(workdir / f"grpo_run_{tag}"),
+                "train": {**train_b, "steps": args.steps, "sequential": False, "fixed": False}}
+        res = common.interleaved(SCRIPT, libraries, spec, workdir, args.repeats, label=f"grpo_{tag}")
+        peak = max(peak, common.matmul_peak_gflops(args.threads))
+        report_speed(res, libraries, args, peak, mspec, prompt_len, beta)
+        report[f"runs_{tag}"] = {lib: [asdict(r) for r in runs] for lib, runs in res.items()}
     common.finish_report(report, res, peak, args.json)
 
 
-def report_check(res, libraries) -> str:
+def report_check(res, libraries, beta: float) -> str:
     runs = {lib: res[lib][0].data["records"] for lib in libraries}
-    return common.equal_math_table("GRPO equal-math check (identical fixed completions)", runs)
+    return common.equal_math_table(
+        f"GRPO equal-math check, beta {beta:g} (identical fixed completions)", runs)
 
 
 def grpo_step_flops(spec: ModelSpec, args, prompt_len: float, completion_len: float) -> float:
@@ -301,7 +317,7 @@ def grpo_step_flops(spec: ModelSpec, args, prompt_len: float, completion_len: fl
     return gen + train
 
 
-def report_speed(res, libraries, args, peak, mspec, prompt_len) -> str:
+def report_speed(res, libraries, args, peak, mspec, prompt_len, beta: float = 0.0) -> str:
     def per_step(lib, key):
         # drop each run's first step (warm-up: allocator, lazy init), then median over all steps
         vals = [v for r in res[lib] for v in r.data[key][1:] or r.data[key]]
@@ -330,7 +346,7 @@ def report_speed(res, libraries, args, peak, mspec, prompt_len) -> str:
         if len(libraries) == 2:
             row.append(f"{vals['rlfoundry'] / vals['trl']:.2f}x")
         rows.append(row)
-    title = (f"GRPO: {args.prompts_per_step} prompts x {args.num_generations} generations, "
+    title = (f"GRPO beta {beta:g}: {args.prompts_per_step} prompts x {args.num_generations} generations, "
              f"max {args.max_completion_length} new tokens, median step of {args.repeats} "
              f"interleaved runs x {args.steps} steps (first step of each run dropped)")
     return common.print_table(title, header, rows)

@@ -21,6 +21,7 @@ from rlfoundry.algorithms.grpo_grouping import SelectedSamples
 from rlfoundry.data.padding import pad_prompt_completions
 from rlfoundry.errors import DataError
 from rlfoundry.ops.lm_head import token_logprobs
+from rlfoundry.training.sampler import length_blocks
 
 # [N, D] tensors that are not aligned with the token positions
 _NOT_SEQUENCE = frozenset({"target_embeddings"})
@@ -151,12 +152,25 @@ def token_aligned(picked: list[tuple[Any, Any, int]], prompts: list[list[int]],
 def rows_logprobs(module: torch.nn.Module, buffer: TrainingBuffer, rows: range, size: int,
                   device: torch.device, temperature: float) -> torch.Tensor:
     """Per-token log-probs ``[len(rows), T - 1]`` (on the CPU, detached) of the buffer's
-    ``rows`` under ``module``, ``size`` rows per forward."""
-    parts = [torch.zeros((0, buffer.input_ids.shape[1] - 1))]
-    for start in range(rows.start, rows.stop, size):
-        sl = slice(start, min(start + size, rows.stop))
-        out = token_logprobs(module, buffer.input_ids[sl].to(device),
-                             buffer.attention_mask[sl].to(device),
-                             buffer.loss_mask[sl].to(device), temperature=temperature)
-        parts.append(out.logprobs.detach().cpu())
-    return torch.cat(parts)
+    ``rows`` under ``module``, ``size`` rows per forward.
+
+    The rows are grouped as the training micro-batches group them (sorted by length in blocks
+    of ``size``, :func:`~rlfoundry.training.sampler.length_blocks`) and each forward is cut to
+    its longest row: right padding past a chunk's longest row is never computed (it cannot
+    change the log-probs of a causal model), where the buffer's full width ``T`` is the
+    longest row of the whole rollout. Padding columns of the result stay 0."""
+    width = buffer.input_ids.shape[1]
+    out = torch.zeros((len(rows), width - 1))  # float32 unless the model's log-probs are wider
+    lengths = buffer.attention_mask.sum(-1).tolist()
+    order = length_blocks(list(rows), lengths, size)
+    for k in range(0, len(order), size):
+        chunk = order[k:k + size]
+        idx = torch.tensor(chunk)
+        w = max(int(lengths[i]) for i in chunk)
+        lp = token_logprobs(module, buffer.input_ids[idx, :w].to(device),
+                            buffer.attention_mask[idx, :w].to(device),
+                            buffer.loss_mask[idx, :w].to(device), temperature=temperature)
+        if lp.logprobs.dtype != out.dtype:
+            out = out.to(torch.promote_types(out.dtype, lp.logprobs.dtype))
+        out[idx - rows.start, : w - 1] = lp.logprobs.detach().to(out.dtype).cpu()
+    return out

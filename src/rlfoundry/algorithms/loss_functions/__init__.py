@@ -8,6 +8,7 @@ from rlfoundry.algorithms.loss_functions.dynamic_grpo import (
     DynamicGRPOLossFn,
 )
 from rlfoundry.algorithms.loss_functions.grpo import GRPO_LOSS_TYPES, GRPOLossConfig, GRPOLossFn
+from rlfoundry.algorithms.loss_functions.kto import KTOLossFn
 from rlfoundry.algorithms.loss_functions.multi_objective import (
     DynamicMultiObjectiveLossFn,
     MultiObjectiveDPOLossFn,
@@ -30,6 +31,7 @@ __all__ = [
     "GRPO_LOSS_TYPES",
     "GRPOLossConfig",
     "GRPOLossFn",
+    "KTOLossFn",
     "LossFunctionRegistry",
     "NLLLossFn",
 ]
