@@ -46,12 +46,12 @@ from rlfoundry.algorithms.grpo_grouping import GroupedRound, group_size_of, reso
 from rlfoundry.algorithms.grpo_helpers import GRPOSeedHelpers
 from rlfoundry.algorithms.loss_functions.grpo import wants_entropy
 from rlfoundry.algorithms.reference import build_reference, reference_module
+from rlfoundry.algorithms.sampling_trainer import SamplingTrainerMixin
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.config import RunConfig
 from rlfoundry.data.lengths import tokenize_grpo_prompts
 from rlfoundry.data.prompts import render_prompt
 from rlfoundry.ops.lm_head import response_embeddings, token_logprobs
-from rlfoundry.rewards import RewardResult
 from rlfoundry.rollout import HFSampler, Rollout, SamplingParams, scoring
 from rlfoundry.rollout.factory import build_backend
 from rlfoundry.rollout.scoring import ScoredRollout
@@ -64,11 +64,10 @@ from rlfoundry.training.sampler import length_blocks
 
 __all__ = ["DEFAULT_REWARDS", "GRPOTrainer", "prompt_seed", "resolve_grouping"]
 DEFAULT_REWARDS = grpo_config.DEFAULT_REWARDS
-REASONS_SHOWN_PER_STEP = 3
 
 
 @TRAINERS.register("grpo")
-class GRPOTrainer(GRPOSeedHelpers, Trainer):
+class GRPOTrainer(GRPOSeedHelpers, SamplingTrainerMixin, Trainer):
     """Group Relative Policy Optimization and its variants (DAPO, Dr.GRPO, GSPO, RLOO, ...).
     Helpers for custom code (``self.clip_ratio``, grouping, ...): :mod:`.grpo_helpers`."""
 
@@ -158,17 +157,6 @@ class GRPOTrainer(GRPOSeedHelpers, Trainer):
         """Advantages ``[N]`` (and group statistics) from ``algorithm.advantage``."""
         return compute_configured_advantages(self.config.algorithm.advantage, rewards, groups)
 
-    def score_rollout(self, prompts: list[Any], responses: list[str], columns: dict[str, list[Any]],
-                      sample_ids: list[str]) -> tuple[RewardResult, str | None]:
-        """Run the reward functions (``algorithm.reward_error`` / ``reward_timeout`` apply):
-        the result and a description of any NaN/inf reward (None if all are finite)."""
-        algo = self.config.algorithm
-        result, nonfinite = scoring.score_samples(self.reward_fns, prompts, responses, columns,
-                                                  sample_ids, on_error=algo.reward_error,
-                                                  timeout=algo.reward_timeout)
-        for line in scoring.failure_lines(result, sample_ids, REASONS_SHOWN_PER_STEP):
-            self.logger.write(f"step {self.step + 1}: {line}")
-        return result, nonfinite
 
     def compute_loss(self, batch: dict[str, Any], model_outputs: dict[str, torch.Tensor]):
         return self.loss_fn(batch, model_outputs)
@@ -379,14 +367,5 @@ class GRPOTrainer(GRPOSeedHelpers, Trainer):
         if self.value_head is not None and state.get("value_head") is not None:
             self.value_head.load_state_dict(state["value_head"])
 
-    def rank_state(self) -> dict[str, Any]:
-        return {**super().rank_state(), "sampling_generator": self.sampling_generator.get_state()}
 
-    def load_rank_state(self, state: dict[str, Any] | None) -> None:
-        super().load_rank_state(state)
-        if state is None:
-            self.sampling_generator.manual_seed(
-                self.config.training.seed + 7919 * self.step + self.dist.rank)
-        else:
-            self.sampling_generator.set_state(state["sampling_generator"])
 

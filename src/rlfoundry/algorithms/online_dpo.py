@@ -37,12 +37,13 @@ from rlfoundry.algorithms.grpo_eval import eval_metrics, greedy_responses
 from rlfoundry.algorithms.grpo_grouping import group_size_of
 from rlfoundry.algorithms.loss_functions import DPOLossFn, LossFunctionRegistry
 from rlfoundry.algorithms.reference import build_reference
+from rlfoundry.algorithms.sampling_trainer import SamplingTrainerMixin
 from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.config import RunConfig
 from rlfoundry.data.preference import TokenizedPair
 from rlfoundry.data.prompts import render_prompt
 from rlfoundry.errors import ConfigError
-from rlfoundry.rewards import RewardResult, resolve_reward
+from rlfoundry.rewards import resolve_reward
 from rlfoundry.rollout import HFSampler, Rollout, SamplingParams, scoring
 from rlfoundry.rollout.factory import build_backend
 from rlfoundry.rollout.scoring import ScoredRollout
@@ -57,7 +58,6 @@ SAMPLES_PER_PROMPT = 2
 # GRPO options that have no meaning here (rewards, sampling and rollout options do)
 NOT_APPLICABLE = ("num_iterations", "advantage", "dynamic_sampling", "group_strategy", "grouping",
                   "rollout_correction", "clip_ratio", "value_loss_coef", "entropy_coef")
-REASONS_SHOWN_PER_STEP = 3
 
 
 def ranked_pairs(rollout: Rollout, rewards: torch.Tensor, locations: list[str],
@@ -83,7 +83,7 @@ def ranked_pairs(rollout: Rollout, rewards: torch.Tensor, locations: list[str],
 
 
 @TRAINERS.register("online_dpo")
-class OnlineDPOTrainer(DPOTrainer):
+class OnlineDPOTrainer(SamplingTrainerMixin, DPOTrainer):
     """DPO on pairs sampled from the current policy and ranked by reward functions."""
 
     kind = "grpo"  # a rollout trainer: algorithm.rewards / sampling and rollout.* apply
@@ -182,16 +182,6 @@ class OnlineDPOTrainer(DPOTrainer):
         responses = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         return scoring.score(rollout, examples, prompts, responses, SAMPLES_PER_PROMPT, self.score_rollout)
 
-    def score_rollout(self, prompts: list[Any], responses: list[str], columns: dict[str, list[Any]],
-                      sample_ids: list[str]) -> tuple[RewardResult, str | None]:
-        """The reward functions (``algorithm.reward_error`` / ``reward_timeout`` apply)."""
-        algo = self.config.algorithm
-        result, nonfinite = scoring.score_samples(self.reward_fns, prompts, responses, columns,
-                                                  sample_ids, on_error=algo.reward_error,
-                                                  timeout=algo.reward_timeout)
-        for line in scoring.failure_lines(result, sample_ids, REASONS_SHOWN_PER_STEP):
-            self.logger.write(f"step {self.step + 1}: {line}")
-        return result, nonfinite
 
     def micro_batches(self, indices: list[int]) -> list[dict[str, Any]]:
         """The step's micro-batches; none when every prompt tied (stand-ins under torchrun
@@ -244,12 +234,4 @@ class OnlineDPOTrainer(DPOTrainer):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.sampling_generator.set_state(state["sampling_generator"])
 
-    def rank_state(self) -> dict[str, Any]:
-        return {**super().rank_state(), "sampling_generator": self.sampling_generator.get_state()}
 
-    def load_rank_state(self, state: dict[str, Any] | None) -> None:
-        super().load_rank_state(state)
-        if state is None:
-            self.sampling_generator.manual_seed(self.config.training.seed + 7919 * self.step + self.dist.rank)
-        else:
-            self.sampling_generator.set_state(state["sampling_generator"])
