@@ -143,7 +143,7 @@ def test_compute_advantages():
 
 def test_registry_docs_and_input_checks():
     described = ADVANTAGE_ESTIMATORS.describe()
-    assert set(described) == {"grpo", "rloo", "dr_grpo", "grpo_loo_std", "reinforce_pp"}
+    assert set(described) == {"grpo", "rloo", "dr_grpo", "grpo_loo_std", "reinforce_pp", "process"}
     assert "Shao" in described["grpo"] and "Ahmadian" in described["rloo"]
     assert "Liu" in described["dr_grpo"] and "Hu et al" in described["reinforce_pp"]
     rewards = torch.tensor([1.0, 2.0, 3.0])
