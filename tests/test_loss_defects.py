@@ -91,9 +91,12 @@ def _empty_inputs():
              "target_embeddings": torch.zeros(0, 4, dtype=torch.float64),
              "num_sequences": 0, "num_tokens": 0, "global_num_sequences": 4,
              "global_num_tokens": 10}
+    unpaired = torch.zeros(0, dtype=torch.float64, requires_grad=True)  # kto
+    batch.update(reference_logps=z, label=z.bool())
     outputs = {"logprobs": logp, "entropy": e, "policy_chosen_logps": chosen,
-               "policy_rejected_logps": rejected, "response_embeddings": emb}
-    return batch, outputs, [logp, emb, chosen, rejected]
+               "policy_rejected_logps": rejected, "response_embeddings": emb,
+               "policy_logps": unpaired}
+    return batch, outputs, [logp, emb, chosen, rejected, unpaired]
 
 
 BUILTIN = sorted(n for n in LossFunctionRegistry.names()

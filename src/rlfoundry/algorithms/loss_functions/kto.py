@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from rlfoundry.algorithms.loss_functions.empty import empty_batch_result, is_empty
 from rlfoundry.algorithms.loss_functions.options import NumberChecks, check_loss_options
 from rlfoundry.algorithms.loss_functions.registry import LossFunctionRegistry
 from rlfoundry.errors import DataError
@@ -113,6 +114,8 @@ class KTOLossFn:
 
     def __call__(self, batch: dict[str, Any], model_outputs: dict[str, torch.Tensor]):
         policy = model_outputs["policy_logps"]
+        if is_empty(policy):  # the shared empty-micro-batch behaviour (loss_functions/empty.py)
+            return empty_batch_result(self, policy)
         reference = batch.get("reference_logps")
         if reference is None:
             raise DataError("kto: batch['reference_logps'] is missing; KTO needs reference "
@@ -126,8 +129,6 @@ class KTOLossFn:
             z0 = kl_estimate(model_outputs["policy_kl_logps"], batch["reference_kl_logps"])
         z0 = torch.as_tensor(z0, dtype=policy.dtype, device=policy.device).detach()
         metrics = kto_metrics(policy, reference, desirable, z0, self.beta)
-        if policy.numel() == 0:  # an empty micro-batch: zero that still joins the graph
-            return policy.sum() * 0.0, metrics
         losses = kto_losses(policy, reference.to(policy.dtype), desirable, z0, self.beta,
                             self.desirable_weight, self.undesirable_weight)
         return losses.mean(), metrics
