@@ -172,7 +172,7 @@ def test_vllm_backend_without_vllm_says_how_to_install(tok):
 
 
 FSDP2_SCRIPT = '''
-import sys, torch, torch.distributed as dist
+import os, sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from rlfoundry.models.tiny import build_model, build_tokenizer
 from rlfoundry.rollout.engine_weights import engine_weights
@@ -189,7 +189,7 @@ assert set(got) == set(full), set(got) ^ set(full)
 bad = [k for k in full if not torch.equal(got[k], full[k])]
 assert not bad, bad
 dist.barrier()
-print("rank", dist.get_rank(), "ok")
+os.write(1, f"rank {dist.get_rank()} ok\\n".encode())  # one atomic write: ranks share the pipe
 '''
 
 

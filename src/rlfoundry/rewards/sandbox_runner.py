@@ -270,11 +270,14 @@ def report_setup(job, error=None):
 
 def start_program(job):
     """Fork the program's process (setup errors go to the setup pipe), close the setup
-    pipe, and return the program's pid."""
+    pipe, and return the program's pid. The program starts only after the setup report is
+    written, so the trainer never sees its output (or its flood) before "ready"."""
     ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(ready_r)
+        os.close(go_w)
         os.close(job["setup_fd"])
         try:
             jail.become_program(job)
@@ -285,12 +288,19 @@ def start_program(job):
         os.close(ready_w)
         if error:
             os._exit(1)
+        go = os.read(go_r, 1)
+        os.close(go_r)
+        if go != b"g":
+            os._exit(1)
         run_program(job)
     os.close(ready_w)
+    os.close(go_r)
     answer = os.read(ready_r, 4096)
     os.close(ready_r)
     report_setup(job, None if answer == b"ok" else (answer.decode(errors="replace") or
                                                     "the program's process died in setup"))
+    os.write(go_w, b"g")
+    os.close(go_w)
     return pid
 
 
