@@ -161,3 +161,62 @@ def test_pair_token_logprobs_on_packed_separate_rows(model, tok, small_blocks):
         a, b = pair_token_logprobs(model, rows), pair_token_logprobs(model, packed)
     assert torch.equal(a.mask, b.mask)
     assert torch.allclose(a.logprobs, b.logprobs, rtol=1e-6, atol=1e-6)
+
+
+# ---- trainers: data.packing on and off take the same step (float64) ----
+
+def _run(cls, cfg, packing, monkeypatch):
+    import rlfoundry.data.packing as packing_module
+
+    calls = []
+    fit = packing_module.first_fit
+    monkeypatch.setattr(packing_module, "first_fit", lambda *a: calls.append(a) or fit(*a))
+    tok = build_tokenizer()
+    cfg["data"]["packing"] = packing
+    trainer = cls(model=build_model("tiny", tok, seed=0).double(), tokenizer=tok, config=cfg)
+    metrics = trainer.train()
+    assert bool(calls) == packing  # rows were packed exactly when asked
+    return metrics, torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+def _same_step(cls, cfg_of, monkeypatch):
+    (m_off, p_off), (m_on, p_on) = (_run(cls, cfg_of(p), p, monkeypatch) for p in (False, True))
+    assert m_on["loss"] == pytest.approx(m_off["loss"], rel=1e-6, abs=1e-9)
+    assert m_on["grad_norm"] == pytest.approx(m_off["grad_norm"], rel=1e-5)
+    assert float(((p_on - p_off).abs() > 1e-6).double().mean()) < 0.01
+
+
+def _common(tmp_path, packing):
+    return {"training": {"output_dir": str(tmp_path / str(packing)), "batch_size": 8,
+                         "max_steps": 1, "seed": 0, "learning_rate": 1e-3},
+            "logging": {"tensorboard": False, "progress_bar": False}}
+
+
+def test_sft_packing_takes_the_padded_step(tmp_path, monkeypatch):
+    from rlfoundry.algorithms.sft import SFTTrainer
+
+    _same_step(SFTTrainer, lambda p: {**_common(tmp_path, p), "algorithm": {"name": "sft"},
+                                      "data": {"train": "builtin:addition_sft", "train_size": 16,
+                                               "max_length": 16, "packing_length": 40}},
+               monkeypatch)
+
+
+def test_dpo_packing_takes_the_padded_step(tmp_path, monkeypatch):
+    from rlfoundry.algorithms.dpo import DPOTrainer
+
+    _same_step(DPOTrainer, lambda p: {**_common(tmp_path, p), "data": {
+        "train": "builtin:sort_preferences", "train_size": 16, "max_length": 48,
+        "packing_length": 96}}, monkeypatch)
+
+
+def test_grpo_update_packing_takes_the_padded_step(tmp_path, monkeypatch):
+    from rlfoundry.algorithms.grpo import GRPOTrainer
+
+    def cfg(p):
+        c = _common(tmp_path, p)
+        c["training"]["batch_size"] = 4
+        return {**c, "algorithm": {"name": "grpo", "group_size": 4, "sampling": {"max_new_tokens": 5},
+                                   "rewards": [{"name": "tests.test_grpo_trainer:digit_fraction"}]},
+                "data": {"train": "builtin:addition", "train_size": 8, "eval_size": 4,
+                         "packing_length": 64}}
+    _same_step(GRPOTrainer, cfg, monkeypatch)
