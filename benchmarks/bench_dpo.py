@@ -237,7 +237,7 @@ def main() -> None:
         args.steps, args.batch_size, args.micro_batch_size, args.repeats = 2, 4, 2, 1
         args.check_steps = min(args.check_steps, 2)
     workdir = common.workdir_for(args)
-    mspec = ModelSpec()
+    mspec = common.QUICK_SPEC if args.quick else ModelSpec()
     print(f"workdir {workdir}\nbuilding the shared model and data ...", flush=True)
     model_path, tok_path = common.prepare_assets(workdir, mspec)
     n = args.steps * args.batch_size
@@ -262,7 +262,8 @@ def main() -> None:
           f"{args.micro_batch_size}; {args.dtype} on {args.device}; {args.threads} threads", flush=True)
 
     report: dict = {"machine": common.machine_info(args.threads), "settings": {**train, **trl_cfg}}
-    peak = common.matmul_peak_gflops(args.threads, device=args.device, dtype=args.dtype)  # best of before and after the runs
+    peak = common.matmul_peak_gflops(args.threads, seconds=0.3 if args.quick else 3.0,
+                                      device=args.device, dtype=args.dtype)  # best of before and after the runs
     sections = []
     if args.check_steps:
         spec = {**base, "output_dir": str(workdir / "check"),
@@ -276,7 +277,8 @@ def main() -> None:
     spec = {**base, "output_dir": str(workdir / "run"),
             "train": {**train, "steps": args.steps, "sequential": False}}
     res = common.interleaved(SCRIPT, libraries, spec, workdir, args.repeats, label="dpo")
-    peak = max(peak, common.matmul_peak_gflops(args.threads, device=args.device, dtype=args.dtype))
+    peak = max(peak, common.matmul_peak_gflops(args.threads, seconds=0.3 if args.quick else 3.0,
+                                      device=args.device, dtype=args.dtype))
     flops = dpo_flops(mspec, counts)
     sections.append(report_speed(res, libraries, tokens, flops, peak, args))
     common.finish_report(report, res, peak, args.json)

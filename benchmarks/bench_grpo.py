@@ -258,7 +258,7 @@ def main() -> None:
         args.micro_batch_size = 4
         args.check_steps = min(args.check_steps, 2)
     workdir = common.workdir_for(args)
-    mspec = ModelSpec()
+    mspec = common.QUICK_SPEC if args.quick else ModelSpec()
     print(f"workdir {workdir}\nbuilding the shared model and data ...", flush=True)
     model_path, tok_path = common.prepare_assets(workdir, mspec)
     n = max(args.steps, args.check_steps) * args.prompts_per_step
@@ -274,7 +274,8 @@ def main() -> None:
           f"generations per step, max_completion_length {args.max_completion_length}, micro-batch "
           f"{args.micro_batch_size} completions; {args.dtype} on {args.device}; {args.threads} threads", flush=True)
     report: dict = {"machine": common.machine_info(args.threads), "settings": {**train, **trl_cfg}}
-    peak = common.matmul_peak_gflops(args.threads, device=args.device, dtype=args.dtype)  # best of before and after the runs
+    peak = common.matmul_peak_gflops(args.threads, seconds=0.3 if args.quick else 3.0,
+                                      device=args.device, dtype=args.dtype)  # best of before and after the runs
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_path)
@@ -294,7 +295,8 @@ def main() -> None:
         spec = {**base, "output_dir": str(workdir / f"grpo_run_{tag}"),
                 "train": {**train_b, "steps": args.steps, "sequential": False, "fixed": False}}
         res = common.interleaved(SCRIPT, libraries, spec, workdir, args.repeats, label=f"grpo_{tag}")
-        peak = max(peak, common.matmul_peak_gflops(args.threads, device=args.device, dtype=args.dtype))
+        peak = max(peak, common.matmul_peak_gflops(args.threads, seconds=0.3 if args.quick else 3.0,
+                                      device=args.device, dtype=args.dtype))
         report_speed(res, libraries, args, peak, mspec, prompt_len, beta)
         report[f"runs_{tag}"] = {lib: [asdict(r) for r in runs] for lib, runs in res.items()}
     common.finish_report(report, res, peak, args.json)

@@ -64,6 +64,11 @@ class ModelSpec:
         return {"backbone": self.num_hidden_layers * (attn + mlp), "lm_head": self.vocab_size * h}
 
 
+# --quick (the CI smoke run of benchmarks/run_gpu.sh): a small backbone, same tokenizer
+QUICK_SPEC = ModelSpec(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2)
+
+
 def words(n: int) -> list[str]:
     """``n`` distinct pronounceable pseudo-words (deterministic)."""
     cons, vows = "bcdfghjklmnprstvz", "aeiou"

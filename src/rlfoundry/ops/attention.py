@@ -295,6 +295,7 @@ def packed_attention(model, plan: AttentionPlan) -> Iterator[None]:
         yield
     finally:
         cfg._attn_implementation = before
+        _structure_cache.clear()  # do not hold the last mask past the forward
 
 
 def build_mask(plan: AttentionPlan, doc_ids: torch.Tensor, segment_ids: torch.Tensor,
