@@ -220,3 +220,17 @@ def test_grpo_update_packing_takes_the_padded_step(tmp_path, monkeypatch):
                 "data": {"train": "builtin:addition", "train_size": 8, "eval_size": 4,
                          "packing_length": 64}}
     _same_step(GRPOTrainer, cfg, monkeypatch)
+
+
+def test_the_path_taken_is_logged_once(model, tok, caplog, monkeypatch):
+    monkeypatch.setattr(attention, "_logged", set())
+    pairs = pairs_of(torch.Generator().manual_seed(4), SHAPES[:2])
+    batch = collate_preference_packed(pairs, tok.pad_token_id)
+    with caplog.at_level("INFO", logger="rlfoundry.ops.attention"), torch.no_grad():
+        packed_token_logprobs(model, batch, "auto")
+        packed_token_logprobs(model, batch, "auto")
+        packed_token_logprobs(model, batch, "sdpa")
+    lines = [r.getMessage() for r in caplog.records if r.name == "rlfoundry.ops.attention"]
+    assert sum("packed attention: blocked" in m for m in lines) == 1
+    assert sum("packed attention: dense" in m and "sdpa" in m for m in lines) == 1
+    assert model.config._attn_implementation == "sdpa"  # restored after the packed forward
