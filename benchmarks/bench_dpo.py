@@ -55,7 +55,8 @@ def worker_trl(spec: dict) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     common.worker_setup(spec["threads"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32,
+                                                 **common.trl_model_kwargs(spec))
     tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
     rows = common.read_jsonl(spec["data"])
     ds = Dataset.from_list(rows)
@@ -89,7 +90,7 @@ def worker_trl(spec: dict) -> dict:
         gradient_accumulation_steps=t["batch_size"] // t["micro_batch_size"],
         learning_rate=t["learning_rate"], lr_scheduler_type=t["lr_scheduler"], warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, max_steps=t["steps"], beta=t["beta"],
-        loss_type=["sigmoid"], max_length=t["max_length"], bf16=False, fp16=False, use_cpu=True,
+        loss_type=["sigmoid"], max_length=t["max_length"], **common.trl_device_args(spec, "dpo"),
         gradient_checkpointing=spec["trl"]["gradient_checkpointing"],
         precompute_ref_log_probs=spec["trl"]["precompute_ref_log_probs"],
         train_sampling_strategy="sequential" if t["sequential"] else "random",
@@ -141,7 +142,7 @@ def worker_rlfoundry(spec: dict) -> dict:
         "training": {"output_dir": spec["output_dir"], "batch_size": t["batch_size"],
                      "micro_batch_size": t["micro_batch_size"], "learning_rate": t["learning_rate"],
                      "lr_scheduler": t["lr_scheduler"], "max_steps": t["steps"], "max_grad_norm": 1.0,
-                     "seed": t["seed"], "device": "cpu", **spec["rlfoundry"]},
+                     "seed": t["seed"], **common.rlf_device_args(spec), **spec["rlfoundry"]},
         "logging": {"tensorboard": False, "progress_bar": False},
     }
     common.apply_overrides(config, spec["rlfoundry_overrides"])
@@ -236,7 +237,7 @@ def main() -> None:
         args.steps, args.batch_size, args.micro_batch_size, args.repeats = 2, 4, 2, 1
         args.check_steps = min(args.check_steps, 2)
     workdir = common.workdir_for(args)
-    mspec = ModelSpec()
+    mspec = common.QUICK_SPEC if args.quick else ModelSpec()
     print(f"workdir {workdir}\nbuilding the shared model and data ...", flush=True)
     model_path, tok_path = common.prepare_assets(workdir, mspec)
     n = args.steps * args.batch_size
@@ -250,7 +251,7 @@ def main() -> None:
     trl_cfg = ({"gradient_checkpointing": False, "precompute_ref_log_probs": True}
                if args.trl_config == "fast" else
                {"gradient_checkpointing": True, "precompute_ref_log_probs": False})
-    base = {"model": str(model_path), "tokenizer": str(tok_path), "data": str(data), "threads": args.threads, "trl": trl_cfg,
+    base = {"model": str(model_path), "tokenizer": str(tok_path), "data": str(data), "threads": args.threads, "device": args.device, "dtype": args.dtype, "trl": trl_cfg,
             "rlfoundry": {},
             "rlfoundry_overrides": args.rlf}
     train = {"batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
@@ -258,10 +259,11 @@ def main() -> None:
              "lr_scheduler": "linear"}
     print(f"model: Qwen2 {asdict(mspec)}, {sum(mspec.matmul_params().values()) / 1e6:.1f}M matmul "
           f"parameters; {n} pairs, {tokens} non-pad tokens; batch {args.batch_size} pairs, micro-batch "
-          f"{args.micro_batch_size}; fp32; {args.threads} threads", flush=True)
+          f"{args.micro_batch_size}; {args.dtype} on {args.device}; {args.threads} threads", flush=True)
 
     report: dict = {"machine": common.machine_info(args.threads), "settings": {**train, **trl_cfg}}
-    peak = common.matmul_peak_gflops(args.threads)  # best of before and after the runs
+    peak = common.matmul_peak_gflops(args.threads, seconds=0.3 if args.quick else 3.0,
+                                      device=args.device, dtype=args.dtype)  # best of before and after the runs
     sections = []
     if args.check_steps:
         spec = {**base, "output_dir": str(workdir / "check"),
@@ -275,7 +277,8 @@ def main() -> None:
     spec = {**base, "output_dir": str(workdir / "run"),
             "train": {**train, "steps": args.steps, "sequential": False}}
     res = common.interleaved(SCRIPT, libraries, spec, workdir, args.repeats, label="dpo")
-    peak = max(peak, common.matmul_peak_gflops(args.threads))
+    peak = max(peak, common.matmul_peak_gflops(args.threads, seconds=0.3 if args.quick else 3.0,
+                                      device=args.device, dtype=args.dtype))
     flops = dpo_flops(mspec, counts)
     sections.append(report_speed(res, libraries, tokens, flops, peak, args))
     common.finish_report(report, res, peak, args.json)

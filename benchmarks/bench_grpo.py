@@ -75,7 +75,8 @@ def worker_trl(spec: dict) -> dict:
 
     common.worker_setup(spec["threads"])
     t = spec["train"]
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32,
+                                                 **common.trl_model_kwargs(spec))
     tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
     ds = Dataset.from_list(common.read_jsonl(spec["data"]))
     timing = {"generation": [], "steps": []}
@@ -124,8 +125,8 @@ def worker_trl(spec: dict) -> dict:
         max_completion_length=t["max_completion_length"], temperature=1.0, top_p=1.0, top_k=0,
         beta=t["beta"], loss_type="dapo", epsilon=0.2, num_iterations=1, scale_rewards="group",
         learning_rate=t["learning_rate"], lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=1.0, max_steps=t["steps"], bf16=False, fp16=False,
-        use_cpu=True, gradient_checkpointing=spec["trl"]["gradient_checkpointing"],
+        weight_decay=0.0, max_grad_norm=1.0, max_steps=t["steps"], **common.trl_device_args(spec, "grpo"),
+        gradient_checkpointing=spec["trl"]["gradient_checkpointing"],
         shuffle_dataset=not t["sequential"], report_to="none", logging_steps=1,
         save_strategy="no", disable_tqdm=True, seed=t["seed"], dataloader_num_workers=0,
     )
@@ -197,7 +198,7 @@ def worker_rlfoundry(spec: dict) -> dict:
         "training": {"output_dir": spec["output_dir"], "batch_size": t["prompts_per_step"],
                      "micro_batch_size": t["micro_batch_size"], "learning_rate": t["learning_rate"],
                      "lr_scheduler": "constant", "max_steps": t["steps"], "max_grad_norm": 1.0,
-                     "seed": t["seed"], "device": "cpu", **spec["rlfoundry"]},
+                     "seed": t["seed"], **common.rlf_device_args(spec), **spec["rlfoundry"]},
         "logging": {"tensorboard": False, "progress_bar": False},
     }
     common.apply_overrides(config, spec["rlfoundry_overrides"])
@@ -257,7 +258,7 @@ def main() -> None:
         args.micro_batch_size = 4
         args.check_steps = min(args.check_steps, 2)
     workdir = common.workdir_for(args)
-    mspec = ModelSpec()
+    mspec = common.QUICK_SPEC if args.quick else ModelSpec()
     print(f"workdir {workdir}\nbuilding the shared model and data ...", flush=True)
     model_path, tok_path = common.prepare_assets(workdir, mspec)
     n = max(args.steps, args.check_steps) * args.prompts_per_step
@@ -267,13 +268,14 @@ def main() -> None:
              "micro_batch_size": args.micro_batch_size, "learning_rate": 1e-4, "seed": 0}
     trl_cfg = {"gradient_checkpointing": args.trl_config == "default"}
     base = {"model": str(model_path), "tokenizer": str(tok_path), "data": str(data),
-            "threads": args.threads, "trl": trl_cfg, "rlfoundry": {},
+            "threads": args.threads, "device": args.device, "dtype": args.dtype, "trl": trl_cfg, "rlfoundry": {},
             "rlfoundry_overrides": args.rlf}
     print(f"model: Qwen2 {asdict(mspec)}; {args.prompts_per_step} prompts x {args.num_generations} "
           f"generations per step, max_completion_length {args.max_completion_length}, micro-batch "
-          f"{args.micro_batch_size} completions; fp32; {args.threads} threads", flush=True)
+          f"{args.micro_batch_size} completions; {args.dtype} on {args.device}; {args.threads} threads", flush=True)
     report: dict = {"machine": common.machine_info(args.threads), "settings": {**train, **trl_cfg}}
-    peak = common.matmul_peak_gflops(args.threads)  # best of before and after the runs
+    peak = common.matmul_peak_gflops(args.threads, seconds=0.3 if args.quick else 3.0,
+                                      device=args.device, dtype=args.dtype)  # best of before and after the runs
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_path)
@@ -293,7 +295,8 @@ def main() -> None:
         spec = {**base, "output_dir": str(workdir / f"grpo_run_{tag}"),
                 "train": {**train_b, "steps": args.steps, "sequential": False, "fixed": False}}
         res = common.interleaved(SCRIPT, libraries, spec, workdir, args.repeats, label=f"grpo_{tag}")
-        peak = max(peak, common.matmul_peak_gflops(args.threads))
+        peak = max(peak, common.matmul_peak_gflops(args.threads, seconds=0.3 if args.quick else 3.0,
+                                      device=args.device, dtype=args.dtype))
         report_speed(res, libraries, args, peak, mspec, prompt_len, beta)
         report[f"runs_{tag}"] = {lib: [asdict(r) for r in runs] for lib, runs in res.items()}
     common.finish_report(report, res, peak, args.json)

@@ -64,6 +64,11 @@ class ModelSpec:
         return {"backbone": self.num_hidden_layers * (attn + mlp), "lm_head": self.vocab_size * h}
 
 
+# --quick (the CI smoke run of benchmarks/run_gpu.sh): a small backbone, same tokenizer
+QUICK_SPEC = ModelSpec(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2)
+
+
 def words(n: int) -> list[str]:
     """``n`` distinct pronounceable pseudo-words (deterministic)."""
     cons, vows = "bcdfghjklmnprstvz", "aeiou"
@@ -325,9 +330,16 @@ def median(values: list[float]) -> float:
 
 # ------------------------------------------------------------------------------- FLOPs
 
-def matmul_peak_gflops(threads: int, n: int = 2048, seconds: float = 3.0) -> float:
-    """Best sustained fp32 GEMM rate of this machine (GFLOP/s), with ``threads`` threads."""
+def matmul_peak_gflops(threads: int, n: int = 2048, seconds: float = 3.0, device: str = "cpu",
+                       dtype: str = "float32") -> float:
+    """Best sustained fp32 GEMM rate of this machine (GFLOP/s), with ``threads`` threads; on
+    a GPU, the median GEMM rate in ``dtype`` (:func:`flops.gemm_peak`)."""
     import torch
+
+    if device != "cpu":
+        from flops import gemm_peak
+
+        return gemm_peak(device, dtype, n=8192, warmup=5, repeats=20)["median"]
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -439,10 +451,50 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    "bench_dpo.py also takes rlfoundry variants, e.g. "
                    "'rlfoundry,rlfoundry:data.share_prompt=false' (ratios against the first)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: both libraries on the GPU (benchmarks/run_gpu.sh)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="bfloat16: autocast in both libraries")
     p.add_argument("--rlf", action="append", default=[], metavar="KEY=VALUE",
                    help="override an rlfoundry config key (e.g. data.share_prompt=false) to "
                    "measure one technique against the default; repeatable")
     return p
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def trl_device_args(spec: dict, kind: str) -> dict:
+    """TRL config keywords for ``--device`` / ``--dtype``: CPU fp32 as before; on CUDA, bf16
+    autocast and TRL's fastest GPU settings: Liger kernels when ``liger_kernel`` is installed,
+    padding-free DPO batches, vLLM (colocated) generation for GRPO when ``vllm`` is installed."""
+    gpu = spec.get("device", "cpu") == "cuda"
+    kw = {"use_cpu": not gpu, "bf16": spec.get("dtype") == "bfloat16", "fp16": False}
+    if gpu:
+        if _importable("liger_kernel"):
+            kw["use_liger_kernel"] = True
+        if kind == "dpo":
+            kw["padding_free"] = True
+        if kind == "grpo" and _importable("vllm"):
+            kw.update(use_vllm=True, vllm_mode="colocate")
+    return kw
+
+
+def trl_model_kwargs(spec: dict) -> dict:
+    """``from_pretrained`` keywords of TRL's model: flash-attention 2 on CUDA when installed
+    (what its padding-free batches are for)."""
+    if spec.get("device", "cpu") == "cuda" and _importable("flash_attn"):
+        return {"attn_implementation": "flash_attention_2"}
+    return {}
+
+
+def rlf_device_args(spec: dict) -> dict:
+    """rlfoundry ``training`` keys for ``--device`` / ``--dtype`` (bf16 autocast on request)."""
+    return {"device": spec.get("device", "cpu"),
+            "precision": "bf16" if spec.get("dtype") == "bfloat16" else "fp32"}
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:

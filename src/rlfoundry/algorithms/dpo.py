@@ -26,6 +26,8 @@ has one row per sequence whose column ``j`` is its ``j``-th scored token (with s
 the columns are aligned with ``input_ids[:, 1:]``); masks, sums and means are the same.
 Separate rows are used when the model's attention takes no custom mask (flash-attention
 kernels) or the loss has a component other than a DPO loss (token-level objectives).
+``model.attention`` picks how packed rows are attended (:mod:`rlfoundry.ops.attention`);
+``data.packing`` puts several pairs (or, with separate rows, several sequences) in a row.
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ from rlfoundry.algorithms.trainer_registry import TRAINERS
 from rlfoundry.config import RunConfig
 from rlfoundry.data import PreferenceDataset, collate_preference, collate_preference_packed
 from rlfoundry.data.lengths import check_max_length
+from rlfoundry.data.packing import pack_rows
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import ConfigError
 from rlfoundry.ops.lm_head import supports_packed_rows
+from rlfoundry.ops.packed import supports_packing
 from rlfoundry.training.base import Trainer, as_loss_and_metrics, call_with_accepted
 from rlfoundry.training.distributed import shard_range
 from rlfoundry.training.metrics import WeightedMean
@@ -138,8 +142,16 @@ class DPOTrainer(DPOSeedHelpers, Trainer):
     def collate(self, indices: list[int], pairs=None) -> dict[str, Any]:
         pairs = self.train_pairs if pairs is None else pairs
         rows = [pairs[i] for i in indices]
-        pad = self.tokenizer.pad_token_id
-        batch = collate_preference_packed(rows, pad) if self.packed else collate_preference(rows, pad)
+        pad, data = self.tokenizer.pad_token_id, self.config.data
+        capacity = (data.packing_length or data.max_length) if data.packing else None
+        if self.packed:
+            batch = collate_preference_packed(rows, pad, capacity=capacity)
+        else:
+            batch = collate_preference(rows, pad)
+            if capacity and supports_packing(self.model):  # padding-free 2B sequences
+                batch["packed"] = pack_rows(batch["input_ids"], batch["attention_mask"],
+                                            batch["loss_mask"], pad, capacity)
+        batch["attention"] = self.config.model.attention
         batch["num_sequences"] = len(indices)
         batch["num_tokens"] = int(batch["chosen_token_counts"].sum())  # chosen tokens
         batch["split"] = "train" if pairs is self.train_pairs else "eval"

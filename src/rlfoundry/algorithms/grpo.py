@@ -52,6 +52,7 @@ from rlfoundry.config import RunConfig
 from rlfoundry.data.lengths import tokenize_grpo_prompts
 from rlfoundry.data.prompts import render_prompt
 from rlfoundry.ops.lm_head import response_embeddings, token_logprobs
+from rlfoundry.ops.packed import packed_token_logprobs, with_packed_rows
 from rlfoundry.rollout import HFSampler, Rollout, SamplingParams, scoring
 from rlfoundry.rollout.factory import build_backend
 from rlfoundry.rollout.scoring import ScoredRollout
@@ -276,7 +277,8 @@ class GRPOTrainer(GRPOSeedHelpers, SamplingTrainerMixin, Trainer):
         return torch.cat(distributed.all_gather_object(local)) if self.dist.enabled else local
 
     def collate(self, indices: list[int]) -> dict[str, Any]:
-        return self.buffer.collate(indices, getattr(self.loss_fn, "valid_mask", None))
+        batch = self.buffer.collate(indices, getattr(self.loss_fn, "valid_mask", None))
+        return with_packed_rows(batch, self.config, self.model, self.tokenizer.pad_token_id or 0)
 
     def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         batch = self.to_device(batch)
@@ -310,9 +312,15 @@ class GRPOTrainer(GRPOSeedHelpers, SamplingTrainerMixin, Trainer):
         """Token log-probs (entropy, hidden states as needed) of the batch, plus value
         predictions with a value head: the training forward, run through DDP/FSDP2."""
         with_entropy = wants_entropy(self.loss_fn)
-        out = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                             with_entropy=with_entropy, return_hidden=True,  # held for backward anyway
-                             temperature=self.temperature)
+        if "packed" in batch:  # data.packing: outputs laid out as the padded rows
+            out = packed_token_logprobs(model, batch["packed"], self.config.model.attention,
+                                        with_entropy=with_entropy, return_hidden=True,
+                                        temperature=self.temperature)
+        else:
+            out = token_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                                 batch["loss_mask"], with_entropy=with_entropy,
+                                 return_hidden=True,  # held for backward anyway
+                                 temperature=self.temperature)
         if self.value_head is None:
             return out, None
         last = batch["attention_mask"].sum(-1) - 1

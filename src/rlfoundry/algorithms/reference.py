@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlfoundry.data.preference import CHOSEN, REJECTED, packed_attention_mask
 from rlfoundry.models.lora import is_peft
-from rlfoundry.ops.lm_head import TokenLogprobs, logprobs_at, response_embeddings, token_logprobs
+from rlfoundry.ops.lm_head import TokenLogprobs, response_embeddings, token_logprobs
+from rlfoundry.ops.packed import packed_token_logprobs
 from rlfoundry.training import distributed
 
 logger = logging.getLogger(__name__)
@@ -83,28 +83,21 @@ def pair_token_logprobs(model, batch: dict, *, return_hidden: bool = False) -> T
     """Token log-probs of a collated preference batch as ``2B`` sequences (chosen of pairs
     ``0..B-1``, then their rejected), in either layout: ``2B`` rows
     (:func:`~rlfoundry.data.collate_preference`; columns aligned with ``input_ids[:, 1:]``) or
-    one packed row per pair (:func:`~rlfoundry.data.collate_preference_packed`; column ``j``
+    packed rows of one or more pairs (:func:`~rlfoundry.data.collate_preference_packed`, run
+    by :func:`~rlfoundry.ops.packed.packed_token_logprobs` under ``batch["attention"]``,
+    the ``model.attention`` setting; column ``j``
     is the sequence's ``j``-th scored token). ``hidden`` (when asked) is the model's last
     hidden state of the batch's own rows. Differentiable when grad is on."""
+    if "packed" in batch:  # padding-free 2B sequences: outputs in the 2B-row layout
+        return packed_token_logprobs(model, batch["packed"], batch.get("attention", "auto"),
+                                     return_hidden=return_hidden)
     if "segment_ids" not in batch:
         param = next(model.parameters())
         return token_logprobs(model, batch["input_ids"].to(param.device),
                               batch["attention_mask"].to(param.device),
                               batch["loss_mask"].to(param.device), return_hidden=return_hidden)
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    param = next(inner.parameters())
-    device = param.device
-    eager = inner.config._attn_implementation == "eager"
-    mask = packed_attention_mask(batch["segment_ids"].to(device), param.dtype if eager else None)
-    lp, _, hidden = logprobs_at(model, batch["input_ids"].to(device), mask,
-                                batch["position_ids"].to(device), batch["logp_source"].to(device),
-                                batch["logp_target"].to(device))
-    where = (batch["logp_sequence"].to(device), batch["logp_column"].to(device))
-    shape = (2 * batch["input_ids"].shape[0], batch["logp_width"])
-    dense = lp.new_zeros(shape).index_put(where, lp)
-    scored = torch.zeros(shape, dtype=torch.bool, device=device).index_put_(
-        where, torch.ones_like(lp, dtype=torch.bool))
-    return TokenLogprobs(dense, scored, None, hidden if return_hidden else None)
+    return packed_token_logprobs(model, batch, batch.get("attention", "auto"),
+                                 return_hidden=return_hidden)
 
 
 def pair_response_embeddings(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -112,9 +105,13 @@ def pair_response_embeddings(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
     ``hidden`` of :func:`pair_token_logprobs` in either layout."""
     if "segment_ids" not in batch:
         return response_embeddings(hidden, batch["loss_mask"])
-    seg = batch["segment_ids"].to(hidden.device)
-    return torch.cat([response_embeddings(hidden, seg == CHOSEN),
-                      response_embeddings(hidden, seg == REJECTED)])
+    seq = batch["token_sequence"].to(hidden.device).flatten()
+    keep = seq >= 0
+    flat = hidden.reshape(-1, hidden.shape[-1])[keep]
+    rows = 2 * batch["index"].numel()
+    sums = flat.new_zeros(rows, flat.shape[-1]).index_add_(0, seq[keep], flat)
+    counts = torch.bincount(seq[keep], minlength=rows).to(flat.dtype).clamp(min=1)
+    return sums / counts[:, None]
 
 
 def pair_logps(model, batch: dict) -> torch.Tensor:

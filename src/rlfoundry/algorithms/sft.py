@@ -14,6 +14,7 @@ from rlfoundry.data.prompts import encode, tokenize_prompt
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import DataError
 from rlfoundry.ops.lm_head import token_logprobs
+from rlfoundry.ops.packed import packed_token_logprobs, with_packed_rows
 from rlfoundry.training import distributed
 from rlfoundry.training.base import Trainer, as_loss_and_metrics
 from rlfoundry.training.distributed import shard_range
@@ -58,13 +59,18 @@ class SFTTrainer(Trainer):
         chosen = [rows[i] for i in indices]
         ids, attn, mask = pad_prompt_completions([p for p, _ in chosen], [c for _, c in chosen],
                                                  self.tokenizer.pad_token_id or 0)
-        return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask,
-                "num_sequences": len(chosen), "num_tokens": int(mask.sum())}
+        batch = {"input_ids": ids, "attention_mask": attn, "loss_mask": mask,
+                 "num_sequences": len(chosen), "num_tokens": int(mask.sum())}
+        return with_packed_rows(batch, self.config, self.model, self.tokenizer.pad_token_id or 0)
 
     def micro_step(self, batch: dict[str, Any]):
         batch = self.to_device(batch)
-        out = self.forward_policy(token_logprobs, batch["input_ids"], batch["attention_mask"],
-                                  batch["loss_mask"])
+        if "packed" in batch:  # data.packing: same log-probs, laid out as the padded rows
+            out = self.forward_policy(packed_token_logprobs, batch["packed"],
+                                      self.config.model.attention)
+        else:
+            out = self.forward_policy(token_logprobs, batch["input_ids"], batch["attention_mask"],
+                                      batch["loss_mask"])
         batch["response_mask"] = out.mask
         return as_loss_and_metrics(self.loss_fn(batch, {"logprobs": out.logprobs}))
 

@@ -87,6 +87,15 @@ class ModelConfig(Section):
         False, description="Recompute each decoder layer's activations in the backward pass "
         "(less memory, about a third more compute; gradients are unchanged).",
     )
+    # ---- packed-row attention (issue 20; rlfoundry.ops.attention) ----
+    attention: Literal["auto", "flex", "sdpa"] = Field(
+        "auto", description="Attention of packed rows (shared-prompt DPO pairs, data.packing): "
+        "'flex' skips the blocks the mask hides (flex_attention with a block mask on CUDA, "
+        "compiled; on CPU, where flex has no backward, block-skipping sdpa); 'sdpa' computes "
+        "the whole [B,1,T,T] mask; 'auto' = flex where it compiles, block-skipping sdpa "
+        "elsewhere. Same log-probs and gradients on every path; the path taken is logged. "
+        "Flash-attention models run packed rows by position_ids (varlen) instead.",
+    )
 
 
 class DataConfig(Section):
@@ -117,6 +126,17 @@ class DataConfig(Section):
         "padded to each other (same log-probs as separate rows). Used when the model's attention "
         "takes a custom mask (sdpa, eager) and every loss component is a DPO loss; otherwise, or "
         "when false, chosen and rejected are separate rows.",
+    )
+    # ---- padding-free packing (issue 20; rlfoundry.data.packing) ----
+    packing: bool = Field(
+        False, description="Pack several sequences (DPO pairs, SFT rows, GRPO samples) into "
+        "each row of a micro-batch instead of padding every sequence to the longest: positions "
+        "restart per sequence and attention stays within it (block-diagonal), so log-probs "
+        "and gradients equal the padded ones. Rows hold up to data.packing_length tokens.",
+    )
+    packing_length: int | None = Field(
+        None, gt=1, description="Tokens per packed row (default: data.max_length; a longer "
+        "sequence, e.g. a shared-prompt DPO pair, gets a row of its own).",
     )
     truncation: Literal["truncate_prompt", "drop", "error"] = Field(
         "truncate_prompt",

@@ -472,17 +472,22 @@ PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, -1  # segment ids of the packed lay
 
 
 def collate_preference_packed(
-    pairs: Sequence[TokenizedPair], pad_id: int, pad_to_multiple_of: int | None = None
+    pairs: Sequence[TokenizedPair], pad_id: int, pad_to_multiple_of: int | None = None,
+    capacity: int | None = None,
 ) -> dict[str, Any]:
-    """One right-padded row per pair, ``prompt + chosen + rejected``: the prompt is computed
-    once instead of twice, and chosen/rejected are not padded to each other's length.
+    """Right-padded rows of ``prompt + chosen + rejected``: the prompt is computed once instead
+    of twice, and chosen/rejected are not padded to each other's length. One pair per row, or
+    with ``capacity`` (padding-free packing, ``data.packing``) as many pairs as fit in
+    ``capacity`` tokens (first fit; a longer pair gets a row of its own).
 
-    Besides the keys of :func:`collate_preference` (``loss_mask`` is ``[B, T]`` here, 1 on
-    chosen and rejected tokens), the batch has ``position_ids`` (the rejected tokens restart
-    right after the prompt, as in their own row), ``segment_ids`` (``0`` prompt, ``1`` chosen,
-    ``2`` rejected, ``-1`` padding; :func:`packed_attention_mask` turns them into the 4D mask
-    under which rejected tokens do not attend to chosen ones) and three ``[N]`` tensors
-    naming the scored tokens: ``logp_source`` (flat index into ``[B * T]`` of the position
+    Besides the keys of :func:`collate_preference` (``loss_mask`` is ``[R, T]`` here, 1 on
+    chosen and rejected tokens), the batch has ``position_ids`` (each pair's start at 0, the
+    rejected tokens restarting right after the prompt, as in their own row), ``doc_ids``
+    (which pair of the row, ``-1`` padding), ``segment_ids`` (``0`` prompt, ``1`` chosen, ``2``
+    rejected, ``-1`` padding; :func:`rlfoundry.ops.attention.dense_mask` turns both into the
+    mask under which each completion sees its prompt and itself only), ``token_sequence``
+    (each completion token's output sequence, ``-1`` elsewhere) and four ``[N]`` tensors
+    naming the scored tokens: ``logp_source`` (flat index into ``[R * T]`` of the position
     whose output predicts the token: the previous token of the same sequence, so the last
     prompt token for both first completion tokens), ``logp_target`` (the token id),
     ``logp_sequence`` (``i`` for pair ``i``'s chosen tokens, ``B + i`` for its rejected ones,
@@ -493,41 +498,57 @@ def collate_preference_packed(
     """
     if not pairs:
         raise ValueError("collate_preference_packed needs at least one pair")
+    from rlfoundry.data.packing import first_fit, row_width
+
     b = len(pairs)
-    t = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    lengths = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    rows = first_fit(lengths, capacity) if capacity else [[i] for i in range(b)]
+    t = row_width(lengths, rows)
     if pad_to_multiple_of:
         t = -(-t // pad_to_multiple_of) * pad_to_multiple_of
-    input_ids = torch.full((b, t), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((b, t), dtype=torch.long)
-    segment_ids = torch.full((b, t), PADDING, dtype=torch.long)
+    input_ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), t), dtype=torch.long)
+    segment_ids = torch.full((len(rows), t), PADDING, dtype=torch.long)
+    doc_ids = torch.full((len(rows), t), PADDING, dtype=torch.long)
+    token_sequence = torch.full((len(rows), t), -1, dtype=torch.long)
     source: list[int] = []
     target: list[int] = []
     sequence: list[int] = []
     column: list[int] = []
-    for row, pair in enumerate(pairs):
-        p, c, r = pair.prompt_ids, pair.chosen_ids, pair.rejected_ids
-        n = len(p) + len(c) + len(r)
-        input_ids[row, :n] = torch.tensor([*p, *c, *r], dtype=torch.long)
-        position_ids[row, :n] = torch.cat([torch.arange(len(p) + len(c)),
-                                           torch.arange(len(p), len(p) + len(r))])
-        position_ids[row, n:] = torch.arange(len(p) + len(r), len(p) + len(r) + t - n)
-        segment_ids[row, :len(p)] = PROMPT
-        segment_ids[row, len(p):len(p) + len(c)] = CHOSEN
-        segment_ids[row, len(p) + len(c):n] = REJECTED
-        base = row * t
-        for seq, ids, start in ((row, c, len(p)), (b + row, r, len(p) + len(c))):
-            first = 0 if p else 1  # empty prompt: nothing predicts the first token
-            for j in range(first, len(ids)):
-                source.append(base + (start + j - 1 if j else len(p) - 1))  # j = 0: last prompt token
-                target.append(ids[j])
-                sequence.append(seq)
-                column.append(j - first)
+    for row, members in enumerate(rows):
+        at, last = 0, 0
+        for d, i in enumerate(members):
+            pair = pairs[i]
+            p, c, r = pair.prompt_ids, pair.chosen_ids, pair.rejected_ids
+            n = lengths[i]
+            input_ids[row, at:at + n] = torch.tensor([*p, *c, *r], dtype=torch.long)
+            position_ids[row, at:at + n] = torch.cat([torch.arange(len(p) + len(c)),
+                                                      torch.arange(len(p), len(p) + len(r))])
+            doc_ids[row, at:at + n] = d
+            segment_ids[row, at:at + len(p)] = PROMPT
+            segment_ids[row, at + len(p):at + len(p) + len(c)] = CHOSEN
+            segment_ids[row, at + len(p) + len(c):at + n] = REJECTED
+            token_sequence[row, at + len(p):at + len(p) + len(c)] = i
+            token_sequence[row, at + len(p) + len(c):at + n] = b + i
+            base = row * t + at
+            for seq, ids, start in ((i, c, len(p)), (b + i, r, len(p) + len(c))):
+                first = 0 if p else 1  # empty prompt: nothing predicts the first token
+                for j in range(first, len(ids)):
+                    source.append(base + (start + j - 1 if j else len(p) - 1))  # j = 0: last prompt token
+                    target.append(ids[j])
+                    sequence.append(seq)
+                    column.append(j - first)
+            at, last = at + n, len(p) + len(r)
+        position_ids[row, at:] = torch.arange(last, last + t - at)
     loss_mask = ((segment_ids == CHOSEN) | (segment_ids == REJECTED)).float()
     return {
         "input_ids": input_ids,
         "attention_mask": (segment_ids != PADDING).long(),
         "position_ids": position_ids,
         "segment_ids": segment_ids,
+        "doc_ids": doc_ids,
+        "token_sequence": token_sequence,
+        "num_rows": 2 * b,
         "loss_mask": loss_mask,
         "logp_source": torch.tensor(source, dtype=torch.long),
         "logp_target": torch.tensor(target, dtype=torch.long),
