@@ -170,6 +170,7 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", *, fast: bool = F
         raise ConfigError(f"quickstart: threads must be >= 1, got {threads}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    overrides = [f"training.num_threads={threads}", *overrides]  # each stage's trainer keeps it
     try:
         return _run(Path(output_dir), fast, overrides, progress, log)
     finally:
