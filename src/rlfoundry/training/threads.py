@@ -3,7 +3,7 @@
 torch's default is one intra-op thread per core. The matrices of a small model are too small
 to gain from more than one, and on a machine whose cores are busy the extra threads mostly
 wait for each other: 6 DPO steps of ``builtin:tiny`` took 3.1 s with 1 thread and 27 s with 2
-on a shared 2-core machine (docs/configuration.md has the figures). So on CPU the default is
+on a shared 2-core machine (docs/running.md has the figures). So on CPU the default is
 one thread; on CUDA the CPU does little of the work and torch's default is kept. Set more
 threads for a large model on a machine whose cores are free.
 """
