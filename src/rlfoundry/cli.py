@@ -50,9 +50,11 @@ def _train(args) -> int:
 
 def demo_notice(cfg) -> str:
     """What ``rlfoundry train`` without a config file is about to do (it trains a demo)."""
+    t = cfg.training
+    length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     return (f"rlfoundry: no config file given: training the built-in demo ({DEFAULT_RECIPE.name}: "
             f"{cfg.algorithm.name} on {cfg.model.name_or_path} with {cfg.data.train}, "
-            f"{cfg.training.max_steps} steps, into {cfg.training.output_dir}). To train your own, "
+            f"{length}, into {cfg.training.output_dir}). To train your own, "
             f"pass a YAML config: rlfoundry train my_run.yaml (examples in examples/configs/, "
             f"every key in docs/configuration.md).")
 
