@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -100,8 +101,9 @@ def builtins() -> dict[str, dict[str, str]]:
     from rlfoundry.data.synthetic import BUILTIN_DATASETS
     from rlfoundry.models.tiny import SIZES
 
-    def summary(fn) -> str:
-        return " ".join((fn.__doc__ or "").split("\n\n")[0].split())
+    def summary(fn) -> str:  # the docstring's first paragraph, reST markup removed
+        text = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
+        return re.sub(r":\w+:`([^`]*)`", r"\1", text).replace("``", "`")
 
     datasets = {f"builtin:{name}": f"({kind}) {summary(make)}"
                 for name, (make, kind, _n) in BUILTIN_DATASETS.items()}
