@@ -71,6 +71,11 @@ def test_train_without_config_announces_the_demo_and_records_the_run(tmp_path, c
     assert info["config"]["training"]["max_steps"] == 2 and info["resumed_from"] is None
     assert info["hardware"]["cpu_count"] >= 1
     assert not (out / "manifest.json").exists()  # checkpoints keep theirs; no clash at the top
+    # the written config reruns; a resumed run says from where
+    assert main(["train", str(out / "config.yaml"), "training.max_steps=3", "--resume", "auto"]) == 0
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["resumed_from"].endswith("step_000002") and "--resume auto" in info["command_line"]
+    assert load_config(out / "config.yaml").training.max_steps == 3
 
 
 def test_demo_notice_names_what_it_trains():

@@ -397,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     args = parser.parse_args(argv)
+    from rlfoundry.training.run_record import set_command_line
+
+    set_command_line(["rlfoundry", *argv])  # what run_info.json records
     if args.command == "train" and args.config and "=" in args.config and not Path(args.config).is_file():
         args.overrides.insert(0, args.config)  # `rlfoundry train key=value` with no file
         args.config = None
@@ -411,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlfoundry: error: user code {describe_exit(e)} at {raise_site(e)}; it must raise "
               f"an exception instead", file=sys.stderr)
         return 2
+    finally:
+        set_command_line(None)
 
 
 MAX_ERROR_CHARS = 4000

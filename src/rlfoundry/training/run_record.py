@@ -29,6 +29,14 @@ from rlfoundry.training.storage import describe_write_failure
 
 CONFIG_FILE = "config.yaml"
 RUN_INFO_FILE = "run_info.json"
+_command: list[str] | None = None  # set by the CLI: the command as typed, not python's argv
+
+
+def set_command_line(words: list[str] | None) -> None:
+    """The command line ``run_info.json`` records (the CLI passes ``rlfoundry <its args>``;
+    default: ``sys.argv``)."""
+    global _command
+    _command = None if words is None else list(words)
 
 
 def config_yaml(cfg: RunConfig) -> str:
@@ -46,7 +54,7 @@ def save_config(cfg: RunConfig, path: str | Path) -> Path:
 def run_info(cfg: RunConfig, threads: int, device: torch.device | str,
              resumed_from: str | Path | None = None, argv: list[str] | None = None) -> dict[str, Any]:
     """The record of ``run_info.json`` (a plain JSON-able dict)."""
-    argv = sys.argv if argv is None else argv
+    argv = (_command or sys.argv) if argv is None else argv
     packages = package_versions(("torch", "transformers"))
     return {
         "rlfoundry_version": version(), "git_commit": git_commit(),
