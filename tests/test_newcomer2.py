@@ -277,7 +277,7 @@ def _summary(grpo, dpo, fast=False):
 
 
 def test_expected_range_covers_the_measured_machines_and_flags_the_rest():
-    for grpo, dpo in (((0.280, 0.705), 1.0), ((0.320, 0.710), 0.984)):  # two machines, measured
+    for grpo, dpo in (((0.280, 0.705), 1.0), ((0.320, 0.710), 0.984), ((0.295, 0.725), 0.984)):
         assert out_of_range(_summary(grpo, dpo)) == []
         assert "this run is in range" in expected_range_text(_summary(grpo, dpo))
     bad = _summary((0.3, 0.45), 0.99)
