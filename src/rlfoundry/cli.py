@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -20,8 +21,11 @@ def _train(args) -> int:
     from rlfoundry.training.storage import check_writable
 
     flags = ([f"training.resume={args.resume}"] if args.resume else []) + (
-        ["training.overwrite=true"] if args.overwrite else [])
+        ["training.overwrite=true"] if args.overwrite else []) + (
+        [f"training.num_threads={args.threads}"] if args.threads is not None else [])
     cfg = load_config(args.config or DEFAULT_RECIPE, [*args.overrides, *flags])
+    if not args.config:
+        print(demo_notice(cfg), file=sys.stderr)
     check_writable(cfg.training.output_dir)  # before the model is loaded
     trainer = TRAINERS.get(cfg.algorithm.name)(config=cfg)
     try:
@@ -43,6 +47,17 @@ def _train(args) -> int:
             shown = f"{before[key]:.3f} -> " if key in before else ""
             print(f"held-out {key}: {shown}{after[key]:.3f}")
     return 0
+
+
+def demo_notice(cfg) -> str:
+    """What ``rlfoundry train`` without a config file is about to do (it trains a demo)."""
+    t = cfg.training
+    length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
+    return (f"rlfoundry: no config file given: training the built-in demo ({DEFAULT_RECIPE.name}: "
+            f"{cfg.algorithm.name} on {cfg.model.name_or_path} with {cfg.data.train}, "
+            f"{length}, into {cfg.training.output_dir}). To train your own, "
+            f"pass a YAML config: rlfoundry train my_run.yaml (examples in examples/configs/, "
+            f"every key in docs/configuration.md).")
 
 
 def resume_command(args) -> str:
@@ -72,13 +87,30 @@ def _list(args) -> int:
     from rlfoundry.plugins import import_plugins
 
     import_plugins(args.plugins)
-    for kind, described in registries().items():
+    for kind, described in {**registries(), **builtins()}.items():
         if args.kind and kind.split()[0] != args.kind:
             continue
         print(f"{kind}:")
         for name, doc in described.items():
             print(f"  {name:<24} {doc}")
     return 0
+
+
+def builtins() -> dict[str, dict[str, str]]:
+    """The built-in data sets and models (``builtin:NAME`` in data.train / model.name_or_path)."""
+    from rlfoundry.data.synthetic import BUILTIN_DATASETS
+    from rlfoundry.models.tiny import SIZES
+
+    def summary(fn) -> str:  # the docstring's first paragraph, reST markup removed
+        text = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
+        return re.sub(r":\w+:`([^`]*)`", r"\1", text).replace("``", "`")
+
+    datasets = {f"builtin:{name}": f"({kind}) {summary(make)}"
+                for name, (make, kind, _n) in BUILTIN_DATASETS.items()}
+    models = {f"builtin:{name}": f"random-init Qwen2: {s['num_hidden_layers']} layers, hidden "
+              f"{s['hidden_size']}, {s['num_attention_heads']} heads (no download)"
+              for name, s in SIZES.items()}
+    return {"datasets": datasets, "models": models}
 
 
 def _check_loss(args) -> int:
@@ -98,12 +130,13 @@ def _check_loss(args) -> int:
 
 def _quickstart(args) -> int:
     from rlfoundry.quickstart import run_quickstart
-    from rlfoundry.report import headline, results_table
+    from rlfoundry.report import expected_range_text, headline, results_table
 
     summary = run_quickstart(args.output_dir, fast=args.fast, overrides=args.overrides,
                              progress=not args.no_progress, threads=args.threads)
     out = Path(args.output_dir)
     print("\n" + results_table(summary) + "\n\n" + headline(summary))
+    print("\n" + expected_range_text(summary, default_settings=not args.overrides))
     print(f"\nreport: {out / 'report.md'}; plots: {out / 'plots'}; models: "
           f"{out}/{{sft,grpo,dpo}}/final")
     return 0
@@ -123,10 +156,12 @@ def _eval(args) -> int:
     from rlfoundry import evaluation
     from rlfoundry.models import load_model, load_tokenizer
     from rlfoundry.training.base import select_device
+    from rlfoundry.training.threads import apply_threads
 
     if not args.prompts and not args.pairs:
         raise ConfigError("eval: give --prompts (accuracy, pass@k) and/or --pairs (preference accuracy)")
     device = select_device(args.device)
+    apply_threads(args.threads, device)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, tokenizer, seed=args.seed).to(device).eval()
     result: dict = {"model": args.model}
@@ -154,12 +189,19 @@ def _eval(args) -> int:
         reference = (load_model(args.reference, tokenizer, seed=args.seed).to(device).eval()
                      if args.reference else None)
         pairs = evaluation.load_pairs(args.pairs, args.limit)
-        metrics = evaluation.preference_accuracy(model, tokenizer, pairs, reference)
+        margins = evaluation.pair_margins(model, tokenizer, pairs, reference)
+        metrics = evaluation.margin_metrics(margins)
+        samples = evaluation.pair_samples(model, tokenizer, pairs, margins, show=args.show,
+                                          max_new_tokens=args.max_new_tokens)
         how = f"implicit reward vs {args.reference}" if reference is not None else "log-probs, no reference"
         result["pairs"] = {"source": args.pairs, "reference": args.reference, **metrics}
+        result["pair_samples"] = samples
         print(f"{args.pairs}: {int(metrics['num_pairs'])} pairs ({how})")
         print(f"  preference accuracy {metrics['preference_accuracy']:.3f}")
         print(f"  mean margin         {metrics['margin_mean']:+.3f}")
+        for i, sample in enumerate(samples, start=1):
+            print(f"  [{i}] prompt {sample['prompt']!r} -> {sample['completion']!r} (chosen "
+                  f"{sample['chosen']!r}, rejected {sample['rejected']!r}, margin {sample['margin']:+.2f})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -187,12 +229,20 @@ def _eval_rewards(args):
 
 
 def _plot(args) -> int:
-    from rlfoundry.plotting import plot_runs
+    from rlfoundry.plotting import default_out_dir, plot_runs
 
-    out = args.out or (Path(args.runs[0]) / "plots" if len(args.runs) == 1 else Path("plots"))
+    out = args.out or default_out_dir(args.runs)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     for path in plot_runs(args.runs, out, metrics):
         print(path)
+    return 0
+
+
+def _env(args) -> int:
+    from rlfoundry.system_info import format_report
+
+    print("rlfoundry environment (paste this into a bug report):")
+    print(format_report())
     return 0
 
 
@@ -212,11 +262,19 @@ def _rollout_server(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rlfoundry.system_info import version
+
     parser = argparse.ArgumentParser(
-        prog="rlfoundry", description="Post-train language models with DPO and GRPO.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        prog="rlfoundry", description="Post-train language models with DPO and GRPO.",
+        epilog="`rlfoundry COMMAND --help` describes a command. Start with `rlfoundry quickstart`.")
+    parser.add_argument("--version", action="version", version=f"rlfoundry {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     p = sub.add_parser("train", help="train from a YAML config (default: DPO demo on builtin:tiny)",
-                       description="Train from a YAML config with optional key.path=value overrides.")
+                       description="Train from a YAML config with optional key.path=value overrides.",
+                       epilog="Every config key, its type, default and meaning: docs/configuration.md "
+                       "(also printed by `python -m rlfoundry.config.reference`); "
+                       "example configs: examples/configs/. Without a config file the built-in DPO "
+                       "demo runs (and says so).")
     p.add_argument("config", nargs="?", default=None,
                    help="YAML config file (omit for the built-in DPO demo)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=1e-5")
@@ -226,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="delete another run's checkpoints and final/ in output_dir and start over "
                    "(same as training.overwrite=true)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (same as training.num_threads=N; default: 1 on CPU, "
+                   "torch's default on CUDA)")
     p.set_defaults(func=_train)
     p = sub.add_parser(
         "quickstart", help="the built-in demo: SFT -> GRPO and DPO on a tiny model, with plots and a report",
@@ -236,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true",
                    help="a few steps per stage: checks the pipeline in seconds (figures not meaningful)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the tiny model gains nothing from more)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch CPU threads (default 1: the tiny model gains nothing from more; "
+                   "see training.num_threads)")
     p.add_argument("overrides", nargs="*",
                    help="config overrides for every stage (training.seed=1) or one (grpo.training.max_steps=80)")
     p.set_defaults(func=_quickstart)
@@ -266,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling seed, and the init seed of builtin: models (a run's training.seed "
                    "rebuilds its random-init reference, e.g. --reference builtin:tiny --seed 42)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: 1 on CPU, torch's default on CUDA)")
     p.add_argument("--plugins", nargs="*", default=[], help="modules/files that register custom rewards")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_eval)
@@ -274,13 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="One PNG per metric family (loss, reward, kl, accuracy, length) or chosen key, "
         "every run drawn on the same axes (legend: the run directory's name).")
     p.add_argument("runs", nargs="+", help="run directories (each with a metrics.jsonl)")
-    p.add_argument("--out", help="output directory (default: RUN/plots for one run, ./plots for several)")
+    p.add_argument("--out", help="output directory (default: RUN/plots for one run; for several, "
+                   "plots_A_vs_B in the working directory, named after the runs)")
     p.add_argument("--metrics", help="comma-separated families or keys, e.g. loss,eval/accuracy,grad_norm")
     p.set_defaults(func=_plot)
     p = sub.add_parser("list", help="list everything registered (algorithms, losses, advantages, "
-                       "groupings, rewards, schedules), built-in and from plugins")
+                       "groupings, rewards, schedules), built-in and from plugins, and the "
+                       "built-in data sets and models")
     p.add_argument("kind", nargs="?", choices=["algorithms", "losses", "advantage", "grouping",
-                                               "rewards", "schedules"], help="only this kind")
+                                               "rewards", "schedules", "datasets", "models"],
+                   help="only this kind")
     p.add_argument("--plugins", nargs="*", default=[], help="plugin modules/files to import first")
     p.set_defaults(func=_list)
     p = sub.add_parser("check-loss", help="run a loss on random and edge-case batches and report problems",
@@ -315,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("vllm_args", nargs=argparse.REMAINDER,
                    help="after --: more `vllm serve` options, e.g. -- --gpu-memory-utilization 0.8")
     p.set_defaults(func=_rollout_server)
+    p = sub.add_parser("env", help="versions and hardware, for bug reports",
+                       description="Print rlfoundry's version (and git commit), Python, torch, "
+                       "transformers and other package versions, CPU, memory and GPUs.")
+    p.set_defaults(func=_env)
     return parser
 
 
@@ -322,7 +393,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     console_logging()
     parser = build_parser()
+    if not argv:  # plain `rlfoundry`: what can I do?
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
+    from rlfoundry.training.run_record import set_command_line
+
+    set_command_line(["rlfoundry", *argv])  # what run_info.json records
     if args.command == "train" and args.config and "=" in args.config and not Path(args.config).is_file():
         args.overrides.insert(0, args.config)  # `rlfoundry train key=value` with no file
         args.config = None
@@ -337,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlfoundry: error: user code {describe_exit(e)} at {raise_site(e)}; it must raise "
               f"an exception instead", file=sys.stderr)
         return 2
+    finally:
+        set_command_line(None)
 
 
 MAX_ERROR_CHARS = 4000

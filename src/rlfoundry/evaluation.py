@@ -29,6 +29,7 @@ from rlfoundry.algorithms.loss_functions.dpo import preference_accuracy as _wins
 from rlfoundry.algorithms.reference import sequence_logps
 from rlfoundry.data import PreferenceDataset, PromptDataset, collate_preference, render_prompt
 from rlfoundry.data.lengths import model_context
+from rlfoundry.data.prompts import tokenize_prompt
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.rewards import compute_rewards
 from rlfoundry.rollout import HFSampler, SamplingParams
@@ -77,7 +78,8 @@ def _load_rows(spec: str, limit: int | None, option: str, cls):
     name = _split_builtin(spec)
     if name is None:
         if not Path(spec).is_file():
-            raise DataError(f"{option}: '{spec}' is no file and no built-in set (builtin:NAME)")
+            raise DataError(f"{option}: '{spec}' is no file and no built-in set (builtin:NAME); "
+                            f"relative paths are read from the working directory, {Path.cwd()}")
         return first_rows(cls.from_rows(Path(spec)), limit)
     preference = builtin_kind(name) == "preference"
     if preference and cls is PromptDataset:
@@ -176,8 +178,30 @@ def preference_accuracy(model, tokenizer, dataset: PreferenceDataset, reference=
                         max_length: int = 512, batch_size: int = 16) -> dict[str, float]:
     """Share of pairs ranked chosen-over-rejected (ties count one half; implicit reward vs
     ``reference``, or plain log-probs without one) and the mean margin."""
-    margin = pair_margins(model, tokenizer, dataset, reference, max_length=max_length,
-                          batch_size=batch_size)
+    return margin_metrics(pair_margins(model, tokenizer, dataset, reference, max_length=max_length,
+                                       batch_size=batch_size))
+
+
+def margin_metrics(margin: torch.Tensor) -> dict[str, float]:
+    """:func:`preference_accuracy`'s figures from per-pair margins."""
     return {"num_pairs": float(margin.numel()),
             "preference_accuracy": float(_wins(margin, torch.zeros_like(margin))),
             "margin_mean": float(margin.mean())}
+
+
+def pair_samples(model, tokenizer, dataset: PreferenceDataset, margins: torch.Tensor, *,
+                 show: int = 3, max_new_tokens: int = 64) -> list[dict[str, Any]]:
+    """The first ``show`` pairs with the model's greedy generation for their prompt (what the
+    model writes, beside what it was asked to prefer) and their margin."""
+    examples = list(dataset)[:show]
+    if not examples:
+        return []
+    context = model_context(model, tokenizer)
+    if context is not None and max_new_tokens >= context:
+        raise ConfigError(f"--max-new-tokens ({max_new_tokens}) must be less than the model's "
+                          f"context ({context} tokens)")
+    limit = None if context is None else context - max_new_tokens
+    ids = [tokenize_prompt(tokenizer, ex.prompt, limit) for ex in examples]
+    completions = generate(model, tokenizer, ids, 1, SamplingParams(0.0, 1.0, 0, max_new_tokens))
+    return [{"prompt": ex.prompt, "completion": c, "chosen": ex.chosen, "rejected": ex.rejected,
+             "margin": float(m)} for ex, c, m in zip(examples, completions, margins.tolist())]

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from rlfoundry.config import RunConfig, load_config
 from rlfoundry.data import PreferenceDataset, PromptDataset, render_prompt
 from rlfoundry.data.sources import load_dataset_spec
 from rlfoundry.errors import ConfigError
+from rlfoundry.training.run_record import save_config
 
 RECIPES = Path(__file__).parent / "recipes"
 NUM_SAMPLES = 5  # held-out generations / pairs shown in the report
@@ -93,13 +93,6 @@ def stage_configs(output_dir: Path, overrides: Sequence[str] = (), fast: bool = 
         except ConfigError as e:
             raise ConfigError(f"quickstart stage '{stage.name}': {e}") from None
     return configs
-
-
-def save_config(cfg: RunConfig, path: Path) -> None:
-    """The resolved config as YAML, runnable with ``rlfoundry train PATH``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False),
-                    encoding="utf-8")
 
 
 def train_stage(cfg: RunConfig):
@@ -170,6 +163,7 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", *, fast: bool = F
         raise ConfigError(f"quickstart: threads must be >= 1, got {threads}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    overrides = [f"training.num_threads={threads}", *overrides]  # each stage's trainer keeps it
     try:
         return _run(Path(output_dir), fast, overrides, progress, log)
     finally:

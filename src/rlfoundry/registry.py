@@ -70,11 +70,12 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def describe(self) -> dict[str, str]:
-        """name -> first line of the entry's docstring."""
+        """name -> the first paragraph of the entry's docstring, on one line (a summary that
+        wraps over several lines is kept whole)."""
         out = {}
         for name in self.names():
             doc = inspect.getdoc(self._entries[name]) or ""
-            out[name] = doc.splitlines()[0] if doc else ""
+            out[name] = " ".join(doc.split("\n\n")[0].split())
         return out
 
 

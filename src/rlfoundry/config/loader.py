@@ -34,8 +34,12 @@ def parse_value(text: str, where: str = "value") -> Any:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data = read_yaml_file(path)
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        # not the defaults: they would train 64 steps of a demo into runs/latest, unasked
+        raise ConfigError(
+            f"{path}: the config file is empty; a run needs at least algorithm.name, data.train "
+            f"and training.output_dir. Start from examples/configs/ (every key: "
+            f"docs/configuration.md), or run `rlfoundry train` with no file for the built-in demo")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     return data

@@ -244,6 +244,12 @@ class TrainingConfig(Section):
         description="A NaN/inf loss or gradient: raise an error naming the step and loss component, "
         "or skip the optimizer step and count it.",
     )
+    num_threads: int | None = Field(
+        None, gt=0, description="torch CPU (intra-op) threads of the run; `--threads` on the "
+        "command line. null: 1 when training on CPU (small models gain nothing from more, and "
+        "extra threads on busy cores slow a run down several times; figures in "
+        "docs/running.md), torch's default on CUDA. Raise it for a large model on "
+        "free cores. Recorded in run_info.json.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to train ('auto': CUDA when available; under torchrun each "
         "rank uses the GPU of its LOCAL_RANK).")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rlfoundry.config.schema import DataConfig
 from rlfoundry.errors import ConfigError
 
@@ -25,4 +27,20 @@ def load_dataset_spec(data: DataConfig, split: str, cls):
         except (KeyError, ValueError, TypeError) as e:
             raise ConfigError(f"{key}: {e}") from None
         return cls.from_rows(rows, on_bad_row=data.on_bad_row, duplicates=data.duplicates)
+    if isinstance(spec, str):
+        check_data_path(spec, key)
     return cls.from_rows(spec, on_bad_row=data.on_bad_row, duplicates=data.duplicates)
+
+
+def check_data_path(spec: str, key: str) -> None:
+    """A data path that is not a file fails here, naming the config key and where a relative
+    path is looked up (the working directory, not the config file's folder)."""
+    path = Path(spec)
+    if path.is_file():
+        return
+    what = "is a directory, not a data file" if path.is_dir() else "does not exist"
+    where = (f"relative paths are read from the working directory, {Path.cwd()}" if not path.is_absolute()
+             else "the path is absolute")
+    raise ConfigError(f"{key}: '{spec}' {what} ({where}); give a .jsonl/.json/.parquet/.csv "
+                      f"file or a built-in set such as builtin:sort_preferences (`rlfoundry list "
+                      f"datasets`)")

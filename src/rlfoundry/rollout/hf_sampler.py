@@ -8,6 +8,7 @@ sequences still going.
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
@@ -49,6 +50,26 @@ def _draw(probs: torch.Tensor, active: list[int], generator, group: int) -> torc
                       for j, s in enumerate(active)])
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name under which ``model.forward`` takes the KV cache: ``cache`` from transformers
+    5.24 on, ``past_key_values`` before. Passing the old name to a new model works but warns
+    (a FutureWarning on every forward, i.e. on every GRPO step), so ask the signature. A PEFT
+    wrapper forwards keyword arguments to the model it wraps, whose signature is the one asked."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # a forward without a readable signature: the old name
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(output):
+    """The KV cache of a forward's output, read under its current name (``cache`` from
+    transformers 5.24 on; ``past_key_values``, which then warns, before)."""
+    keys = output.keys() if hasattr(output, "keys") else ()
+    return output["cache"] if "cache" in keys else output.past_key_values
+
+
 class HFSampler:
     """Rollout backend that samples with the (shared) policy module itself."""
 
@@ -81,8 +102,9 @@ class HFSampler:
             attn[i, width - len(p):] = 1
         ids, attn = ids.to(device), attn.to(device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        cache_name = cache_argument(model)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         g = num_samples
         cache.batch_repeat_interleave(g)
         logits = out.logits[:, -1].repeat_interleave(g, 0)
@@ -121,7 +143,7 @@ class HFSampler:
                 active = [active[j] for j in keep]
             attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
             out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                        past_key_values=cache, use_cache=True)
+                        use_cache=True, **{cache_name: cache})
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
         model.train(was_training)

@@ -48,10 +48,12 @@ from rlfoundry.training.optim import build_optimizer, build_scheduler
 from rlfoundry.training.ownership import OutputLock
 from rlfoundry.training.parallel import ParallelPolicy
 from rlfoundry.training.precision import autocast, check_precision, grad_scaler
+from rlfoundry.training.run_record import write_run_record
 from rlfoundry.training.sampler import EpochSampler
 from rlfoundry.training.schedules import build_schedule, get_beta, loss_components, set_beta
 from rlfoundry.training.signals import StopRequest
 from rlfoundry.training.storage import check_writable
+from rlfoundry.training.threads import apply_threads
 from rlfoundry.user_code import blame, exits_as_errors, origin
 
 _EXIT_HINT = ("Training stopped without applying that step; earlier checkpoints are intact. "
@@ -125,6 +127,7 @@ class Trainer:
         self.device = select_device(cfg.training.device,
                                     self.dist.local_rank if self.dist.enabled else None)
         check_precision(cfg.training.precision, self.device, cfg.model.dtype)
+        self.num_threads = apply_threads(cfg.training.num_threads, self.device)
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = load_tokenizer(tokenizer or cfg.model.name_or_path, cfg.model.tokenizer)
         self.tokenizer = tokenizer
@@ -315,6 +318,8 @@ class Trainer:
                                      self.config.model_dump(mode="json"))
         note = self._restore(resume_from) if resume_from is not None else ""
         self.saved_step = self.step if resume_from is not None else None
+        if self.dist.is_main:
+            write_run_record(self.output_dir, self.config, self.num_threads, self.device, resume_from)
         self.logger = (MetricsLogger(self.output_dir, self.config.logging, self.total_steps, self.step,
                                      run_config=self.config.model_dump(mode="json"),
                                      desc=self.config.algorithm.name)

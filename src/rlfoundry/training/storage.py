@@ -50,6 +50,19 @@ def free_bytes(path: str | Path) -> int | None:
         return None
 
 
+def is_virtual_filesystem(path: str | Path) -> bool:
+    """Whether ``path`` (its nearest existing ancestor) is on a file system with no storage
+    behind it, such as /proc or /sys: it reports 0 bytes in total, so its "free space" of 0
+    says nothing about a full disk."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).total == 0
+    except OSError:
+        return False
+
+
 def describe_write_failure(what: str, where: str | Path, error: BaseException) -> str:
     """'could not write <what> under <where> (<error>); <free space>; <what to do>'."""
     free = free_bytes(where)
@@ -70,6 +83,9 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def _hint(error: BaseException, where: str | Path) -> str:
+    if not is_disk_full(error) and is_virtual_filesystem(where):
+        return ("The directory is not writable: it is on a virtual file system of the kernel "
+                "(such as /proc or /sys), not on a disk; choose another training.output_dir.")
     free = free_bytes(where)
     if is_disk_full(error) or (free is not None and free < LOW_SPACE):
         return (f"The disk is full: free space or set training.output_dir to another disk, then "
