@@ -58,6 +58,7 @@ def registries() -> dict[str, dict[str, str]]:
     from rlfoundry.algorithms.grouping import GROUPINGS
     from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
     from rlfoundry.algorithms.trainer_registry import TRAINERS, load_builtin_trainers
+    from rlfoundry.environments import ENVIRONMENTS
     from rlfoundry.rewards import REWARDS
     from rlfoundry.training.schedules import SCHEDULES
 
@@ -65,7 +66,7 @@ def registries() -> dict[str, dict[str, str]]:
     return {"algorithms": TRAINERS.describe(), "losses": LossFunctionRegistry.describe(),
             "advantage estimators": ADVANTAGE_ESTIMATORS.describe(),
             "grouping strategies": GROUPINGS.describe(), "rewards": REWARDS.describe(),
-            "schedules": SCHEDULES.describe()}
+            "schedules": SCHEDULES.describe(), "environments": ENVIRONMENTS.describe()}
 
 
 def _list(args) -> int:
@@ -278,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="comma-separated families or keys, e.g. loss,eval/accuracy,grad_norm")
     p.set_defaults(func=_plot)
     p = sub.add_parser("list", help="list everything registered (algorithms, losses, advantages, "
-                       "groupings, rewards, schedules), built-in and from plugins")
+                       "groupings, rewards, schedules, environments), built-in and from plugins")
     p.add_argument("kind", nargs="?", choices=["algorithms", "losses", "advantage", "grouping",
-                                               "rewards", "schedules"], help="only this kind")
+                                               "rewards", "schedules", "environments"],
+                   help="only this kind")
     p.add_argument("--plugins", nargs="*", default=[], help="plugin modules/files to import first")
     p.set_defaults(func=_list)
     p = sub.add_parser("check-loss", help="run a loss on random and edge-case batches and report problems",
