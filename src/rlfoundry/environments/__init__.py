@@ -1,4 +1,5 @@
-"""Multi-turn environments for GRPO: the contract (``base``) and its registry."""
+"""Multi-turn environments for GRPO: the contract (``base``), its registry, and the episode
+runner (``episodes``) that plays them with a rollout backend."""
 
 from rlfoundry.environments.base import (
     ENVIRONMENTS,
@@ -8,5 +9,7 @@ from rlfoundry.environments.base import (
     Message,
     register_environment,
 )
+from rlfoundry.environments.episodes import EpisodeRunner, EpisodeSettings
 
-__all__ = ["ENVIRONMENTS", "EnvStep", "Environment", "EpisodeStart", "Message", "register_environment"]
+__all__ = ["ENVIRONMENTS", "EnvStep", "Environment", "EpisodeRunner", "EpisodeSettings",
+           "EpisodeStart", "Message", "register_environment"]
