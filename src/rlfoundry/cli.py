@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shlex
 import sys
@@ -461,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlfoundry: error: user code {describe_exit(e)} at {raise_site(e)}; it must raise "
               f"an exception instead", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `rlfoundry list | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         set_command_line(None)
 
