@@ -41,11 +41,15 @@ def test_seed_custom_dpo_yaml_runs_and_extra_columns_reach_the_loss(tmp_path, mo
 @pytest.mark.slow
 def test_default_demo_learns_preferences(tmp_path, capsys):
     """The built-in DPO demo (`rlfoundry train` with no file): held-out preference accuracy
-    from 0.5 to >= 0.9."""
-    code = main(["train", f"training.output_dir={tmp_path}", "logging.progress_bar=false"])
+    from 0.5 to >= 0.9, already within 20 of its 60 steps (measured: 0.96 to 1.0 over seeds
+    42, 1, 2, 3). Its 60-step recipe is the quickstart's DPO stage, whose figures
+    test_quickstart checks."""
+    code = main(["train", f"training.output_dir={tmp_path}", "training.max_steps=20",
+                 "logging.progress_bar=false"])
     assert code == 0
     evals = [r for r in records(tmp_path) if "eval/accuracy" in r]
     assert evals[0]["step"] == 0 and evals[0]["eval/accuracy"] == pytest.approx(0.5)
+    assert evals[-1]["step"] == 20
     assert evals[-1]["eval/accuracy"] >= 0.9
     assert (tmp_path / "final" / "config.json").is_file()
     assert list((tmp_path / "tensorboard").iterdir())
@@ -53,16 +57,18 @@ def test_default_demo_learns_preferences(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sft_then_grpo_from_the_cli_raises_held_out_exact_match(tmp_path, monkeypatch):
-    """Issue acceptance: SFT warm start on a verifiable task, then GRPO from the saved local
-    Hugging Face directory, clearly raises held-out exact-match accuracy."""
+def test_sft_then_grpo_from_the_cli_raises_held_out_exact_match(sft_max_model, tmp_path, monkeypatch):
+    """Issue acceptance: SFT warm start on a verifiable task (`rlfoundry train
+    examples/configs/sft_max.yaml`: the `sft_max_model` fixture, shared with the quickstart),
+    then GRPO from the saved local Hugging Face directory, clearly raises held-out exact-match
+    accuracy within 20 of grpo_max.yaml's 40 steps (measured: 0.295 -> +0.345 to +0.40 over
+    training seeds 42, 1, 2, 3)."""
     monkeypatch.chdir(ROOT)
-    sft_dir, grpo_dir = tmp_path / "sft", tmp_path / "grpo"
-    assert main(["train", "examples/configs/sft_max.yaml", f"training.output_dir={sft_dir}",
-                 "logging.progress_bar=false"]) == 0
+    grpo_dir = tmp_path / "grpo"
     assert main(["train", "examples/configs/grpo_max.yaml", f"training.output_dir={grpo_dir}",
-                 f"model.name_or_path={sft_dir / 'final'}", "logging.progress_bar=false"]) == 0
+                 f"model.name_or_path={sft_max_model}", "training.max_steps=20",
+                 "logging.progress_bar=false"]) == 0
     evals = [r for r in records(grpo_dir) if "eval/accuracy" in r]
     before, after = evals[0]["eval/accuracy"], evals[-1]["eval/accuracy"]
-    assert evals[0]["step"] == 0 and before < 0.5
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 20 and before < 0.5
     assert after >= before + 0.2, (before, after)

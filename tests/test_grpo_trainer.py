@@ -43,7 +43,8 @@ def records(path):
 
 @pytest.mark.slow
 def test_grpo_raises_a_dense_reward(tmp_path):
-    cfg = config(tmp_path, {"group_size": 8}, max_steps=25, batch_size=8, learning_rate=3e-3)
+    # 15 steps: the mean of the last 5 beat the first 5 by 0.81-0.83 over seeds 0-3
+    cfg = config(tmp_path, {"group_size": 8}, max_steps=15, batch_size=8, learning_rate=3e-3)
     GRPOTrainer(config=cfg).train()
     rewards = [r["reward_mean"] for r in records(tmp_path) if "reward_mean" in r]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5

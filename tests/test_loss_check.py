@@ -1,5 +1,3 @@
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -86,13 +84,14 @@ def test_each_defect_is_reported(losses_file, name, expected):
     assert expected <= failed(report), report.format()
 
 
-def test_cli_exit_codes(losses_file):
-    ok = subprocess.run([sys.executable, "-m", "rlfoundry", "check-loss", f"{losses_file}:GoodDPO",
-                         "-o", "beta=0.3"], capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0 and "all checks passed" in ok.stdout, ok.stdout + ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "rlfoundry", "check-loss", f"{losses_file}:SummedDPO"],
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "[FAIL] mean is invariant" in bad.stdout
-    missing = subprocess.run([sys.executable, "-m", "rlfoundry", "check-loss", "no_such_loss"],
-                             capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "unknown loss function" in missing.stderr
+def test_cli_exit_codes(losses_file, capsys):
+    # in this process (the `python -m rlfoundry` entry point: test_cli.test_help_lists_commands)
+    from rlfoundry.cli import main
+
+    assert main(["check-loss", f"{losses_file}:GoodDPO", "-o", "beta=0.3"]) == 0
+    out = capsys.readouterr()
+    assert "all checks passed" in out.out, out.out + out.err
+    assert main(["check-loss", f"{losses_file}:SummedDPO"]) == 1
+    assert "[FAIL] mean is invariant" in capsys.readouterr().out
+    assert main(["check-loss", "no_such_loss"]) == 2
+    assert "unknown loss function" in capsys.readouterr().err

@@ -2,8 +2,6 @@
 report, and gives the same figures for the same seed."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
@@ -58,13 +56,12 @@ def test_fast_quickstart_is_deterministic_and_writes_everything(tmp_path):
 
 
 @pytest.mark.slow
-def test_quickstart_from_the_cli_meets_its_figures(tmp_path):
+def test_quickstart_from_the_cli_meets_its_figures(quickstart_run, tmp_path):
     """Issue acceptance: GRPO adds at least 15 points of held-out exact match over the SFT
     warm start, DPO reaches at least 90% held-out preference accuracy; the table is printed,
-    the plots and the report are written, and `rlfoundry eval` reproduces both figures."""
-    out = tmp_path / "qs"
-    proc = subprocess.run([sys.executable, "-m", "rlfoundry", "quickstart", "--output-dir", str(out),
-                           "--no-progress"], capture_output=True, text=True)
+    the plots and the report are written, and `rlfoundry eval` reproduces both figures.
+    (`rlfoundry quickstart` runs once per session, in a fresh process: conftest.py.)"""
+    out, proc = quickstart_run.out, quickstart_run.proc
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     stages = {s["name"]: s for s in summary["stages"]}

@@ -229,13 +229,10 @@ def grpo_config(tmp: Path, sft: Path, rollout: dict, steps: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sft_model(tmp_path_factory) -> Path:
-    """The demo's SFT warm start (HF only), shortened."""
-    out = tmp_path_factory.mktemp("sft") / "sft"
-    done = run_cli(["train", str(ROOT / "examples/configs/sft_max.yaml"), f"training.output_dir={out}",
-                    "training.max_steps=100", "logging.progress_bar=false", "logging.tensorboard=false"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out / "final"
+def sft_model(sft_max_model) -> Path:
+    """The demo's SFT warm start (HF only): sft_max.yaml's model, shared with the HF GRPO
+    demo test and the quickstart (conftest.py)."""
+    return sft_max_model
 
 
 @pytest.mark.slow
