@@ -1,5 +1,8 @@
-"""Multi-turn environments for GRPO: the contract (``base``) and its registry."""
+"""Multi-turn environments for GRPO: the contract (``base``) and its registry, tool calls
+(``tool_calls``), tools (``tools``, built-ins in ``builtin_tools``) and the ``tools``
+environment (``tool_env``)."""
 
+from rlfoundry.environments import builtin_tools  # noqa: E402,F401  (registers calculator, python)
 from rlfoundry.environments.base import (
     ENVIRONMENTS,
     Environment,
@@ -8,5 +11,26 @@ from rlfoundry.environments.base import (
     Message,
     register_environment,
 )
+from rlfoundry.environments.tool_calls import (
+    TOOL_PARSERS,
+    CallError,
+    ParsedTurn,
+    ToolCall,
+    parse_hermes,
+    register_tool_parser,
+)
+from rlfoundry.environments.tool_env import ToolEnvironment  # noqa: E402
+from rlfoundry.environments.tools import (
+    TOOLS,
+    Tool,
+    ToolFailure,
+    ToolResult,
+    register_tool,
+    run_tool_call,
+)
 
-__all__ = ["ENVIRONMENTS", "EnvStep", "Environment", "EpisodeStart", "Message", "register_environment"]
+__all__ = [
+    "ENVIRONMENTS", "TOOLS", "TOOL_PARSERS", "CallError", "EnvStep", "Environment", "EpisodeStart",
+    "Message", "ParsedTurn", "Tool", "ToolCall", "ToolEnvironment", "ToolFailure", "ToolResult",
+    "parse_hermes", "register_environment", "register_tool", "register_tool_parser", "run_tool_call",
+]
