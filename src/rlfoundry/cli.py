@@ -100,6 +100,15 @@ def _quickstart(args) -> int:
     from rlfoundry.quickstart import run_quickstart
     from rlfoundry.report import headline, results_table
 
+    if args.task == "tools":  # the tool task (docs/environments.md, "A task where tools help")
+        from rlfoundry.tool_task import render_table, run_tool_task
+
+        out = Path(args.output_dir if args.output_dir != "runs/quickstart" else "runs/tools")
+        summary = run_tool_task(out, fast=args.fast, overrides=args.overrides,
+                                progress=not args.no_progress, threads=args.threads)
+        print("\n" + render_table(summary) + f"\n\nreport: {out / 'report.md'}")
+        return 0
+
     summary = run_quickstart(args.output_dir, fast=args.fast, overrides=args.overrides,
                              progress=not args.no_progress, threads=args.threads)
     out = Path(args.output_dir)
@@ -238,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the tiny model gains nothing from more)")
+    p.add_argument("--task", choices=("default", "tools"), default="default",
+                   help="tools: the tool-use demo instead (SFT -> multi-turn GRPO with a calculator, "
+                   "against a no-tool policy; output in runs/tools unless --output-dir)")
     p.add_argument("overrides", nargs="*",
                    help="config overrides for every stage (training.seed=1) or one (grpo.training.max_steps=80)")
     p.set_defaults(func=_quickstart)

@@ -1,5 +1,10 @@
-"""The built-in tool task: add two 3-4 digit numbers, which a tiny model cannot do in its head
+"""The built-in tool task: add two 4-digit numbers, which a tiny model cannot do in its head
 but can by calling the ``calculator`` tool and copying its result.
+
+Operands are drawn from ``low..high`` (default 1000..4999): every expression has the same
+width and every sum four digits, so copying the numbers into the call and the result into
+the answer is a fixed-offset copy that the tiny model learns in a few CPU minutes, while
+the sum itself stays out of its reach.
 
 * ``tool_addition``: ``{"prompt": [{"role": "user", "content": "4821+397="}], "answer": "5218"}``
   (episodes of the ``tools`` environment; with ``tools: []`` the same task without tools).
@@ -28,30 +33,19 @@ from rlfoundry.errors import ConfigError
 TOOL = "calculator"
 
 
-def _check_digits(digits: tuple[int, int] | list[int]) -> tuple[int, int]:
-    lo, hi = digits
-    if not 1 <= lo <= hi <= 9:
-        raise ConfigError(f"digits must satisfy 1 <= low <= high <= 9, got {list(digits)}")
-    return lo, hi
-
-
-def _operand(rng: random.Random, lo: int, hi: int) -> int:
-    n = rng.randint(lo, hi)
-    return rng.randint(10 ** (n - 1) if n > 1 else 0, 10 ** n - 1)
-
-
-def make_tool_addition(n: int, seed: int = 0, digits: tuple[int, int] = (3, 4),
+def make_tool_addition(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
                        split: str | None = None) -> list[dict[str, Any]]:
-    """``n`` rows ``{"prompt": [user message "a+b="], "answer": "a+b"}`` with operands of
-    ``digits[0]..digits[1]`` digits."""
+    """``n`` rows ``{"prompt": [user message "a+b="], "answer": "a+b"}`` with operands in
+    ``low..high``."""
     from rlfoundry.data.synthetic import _collect
 
-    lo, hi = _check_digits(digits)
+    if not 0 <= low < high:
+        raise ConfigError(f"tool_addition: need 0 <= low < high, got low={low}, high={high}")
     rng = random.Random(seed)
 
     def draw() -> Iterator[tuple[str, dict[str, Any]]]:
         while True:
-            a, b = _operand(rng, lo, hi), _operand(rng, lo, hi)
+            a, b = rng.randint(low, high), rng.randint(low, high)
             yield f"{a}+{b}", {"prompt": [{"role": "user", "content": f"{a}+{b}="}],
                                "answer": str(a + b)}
 
@@ -70,14 +64,14 @@ def calculator_schemas() -> list[dict[str, Any]]:
     return [TOOLS.get(TOOL).schema()]
 
 
-def make_tool_addition_sft(n: int, seed: int = 0, digits: tuple[int, int] = (3, 4),
+def make_tool_addition_sft(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
                            split: str | None = None, noise: float = 0.0,
                            tools: bool = True) -> list[dict[str, Any]]:
     """``n`` SFT rows (``prompt``, ``completion``, ``tools``) of the tool task; see the
     module docs (``noise``: the fraction of wrong demonstrations)."""
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be in [0, 1], got {noise}")
-    problems = make_tool_addition((n + 1) // 2 if tools else n, seed, digits, split)
+    problems = make_tool_addition((n + 1) // 2 if tools else n, seed, low, high, split)
     rng = random.Random(seed + 7919)
     schemas = calculator_schemas() if tools else None
     rows: list[dict[str, Any]] = []
