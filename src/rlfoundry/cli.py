@@ -58,6 +58,7 @@ def registries() -> dict[str, dict[str, str]]:
     from rlfoundry.algorithms.grouping import GROUPINGS
     from rlfoundry.algorithms.loss_functions import LossFunctionRegistry
     from rlfoundry.algorithms.trainer_registry import TRAINERS, load_builtin_trainers
+    from rlfoundry.environments import ENVIRONMENTS
     from rlfoundry.rewards import REWARDS
     from rlfoundry.training.schedules import SCHEDULES
 
@@ -65,7 +66,7 @@ def registries() -> dict[str, dict[str, str]]:
     return {"algorithms": TRAINERS.describe(), "losses": LossFunctionRegistry.describe(),
             "advantage estimators": ADVANTAGE_ESTIMATORS.describe(),
             "grouping strategies": GROUPINGS.describe(), "rewards": REWARDS.describe(),
-            "schedules": SCHEDULES.describe()}
+            "schedules": SCHEDULES.describe(), "environments": ENVIRONMENTS.describe()}
 
 
 def _list(args) -> int:
@@ -139,7 +140,9 @@ def _eval(args) -> int:
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, tokenizer, seed=args.seed).to(device).eval()
     result: dict = {"model": args.model}
-    if args.prompts:
+    if args.prompts and args.environment:
+        _eval_environment(args, model, tokenizer, result)
+    elif args.prompts:
         reward_fns = _eval_rewards(args)
         dataset = evaluation.load_prompts(args.prompts, args.limit)
         ks = args.k if args.num_samples else []
@@ -176,13 +179,52 @@ def _eval(args) -> int:
     return 0
 
 
-def _eval_rewards(args):
+def _eval_environment(args, model, tokenizer, result: dict) -> None:
+    """``eval --environment``: episodes of the prompt rows (docs/environments.md)."""
+    from rlfoundry import evaluation
+    from rlfoundry.config.schema import EnvironmentConfig
+    from rlfoundry.environments.build import build_environment, episode_settings
+    from rlfoundry.environments.evaluation import evaluate_episodes
+    from rlfoundry.rewards import resolve_rewards
+
+    try:
+        env_args = json.loads(args.env_args)
+        env_cfg = EnvironmentConfig(name=args.environment, args=env_args, max_turns=args.max_turns)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"eval --environment/--env-args/--max-turns: {e}") from None
+    reward_fns = _eval_rewards(args, required=False)
+    env = build_environment(env_cfg)
+    dataset = evaluation.load_prompts(args.prompts, args.limit)
+    ks = args.k if args.num_samples else []
+    metrics, samples = evaluate_episodes(
+        model, tokenizer, dataset, env, reward_fns, settings=episode_settings(env_cfg, "raise"),
+        ks=ks, num_samples=args.num_samples, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, threshold=args.threshold, seed=args.seed, show=args.show)
+    result["prompts"] = {"source": args.prompts, "environment": args.environment,
+                         "rewards": [n for n, _, _ in reward_fns], **metrics}
+    result["samples"] = samples
+    print(f"{args.prompts}: {int(metrics['num_prompts'])} episodes with environment "
+          f"'{args.environment}', correct = reward >= {args.threshold:g}")
+    print(f"  accuracy (greedy)  {metrics['accuracy']:.3f}")
+    print(f"  reward mean        {metrics['reward_mean']:.3f}")
+    print(f"  turns per episode  {metrics['env/turns']:.2f}")
+    for k in ks:
+        print(f"  pass@{k:<13} {metrics[f'pass@{k}']:.3f}   "
+              f"(n={args.num_samples} episodes, temperature {args.temperature:g})")
+    for i, sample in enumerate(samples, start=1):
+        turns = " | ".join(f"{m['role']}: {m['content']!r}" for m in sample["messages"])
+        print(f"  [{i}] {turns} ({sample['outcome']}, reward {sample['reward']})")
+
+
+def _eval_rewards(args, required: bool = True):
     from rlfoundry.algorithms.grpo import DEFAULT_REWARDS
     from rlfoundry.plugins import import_plugins
     from rlfoundry.rewards import resolve_rewards
 
     import_plugins(args.plugins)
     names = args.reward
+    if not names and not required:
+        return []
     if not names:
         builtin = args.prompts[len("builtin:"):] if args.prompts.startswith("builtin:") else None
         if builtin not in DEFAULT_REWARDS:
@@ -278,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling seed, and the init seed of builtin: models (a run's training.seed "
                    "rebuilds its random-init reference, e.g. --reference builtin:tiny --seed 42)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--plugins", nargs="*", default=[], help="modules/files that register custom rewards")
+    p.add_argument("--plugins", nargs="*", default=[],
+                   help="modules/files that register custom rewards or environments")
+    p.add_argument("--environment", help="play each --prompts row as an episode with this "
+                   "environment (registered name or module:Class); --reward is then optional")
+    p.add_argument("--env-args", default="{}", help="the environment's arguments as JSON")
+    p.add_argument("--max-turns", type=int, default=4, help="model turns per episode at most")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_eval)
     p = sub.add_parser(
@@ -290,9 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="comma-separated families or keys, e.g. loss,eval/accuracy,grad_norm")
     p.set_defaults(func=_plot)
     p = sub.add_parser("list", help="list everything registered (algorithms, losses, advantages, "
-                       "groupings, rewards, schedules), built-in and from plugins")
+                       "groupings, rewards, schedules, environments), built-in and from plugins")
     p.add_argument("kind", nargs="?", choices=["algorithms", "losses", "advantage", "grouping",
-                                               "rewards", "schedules"], help="only this kind")
+                                               "rewards", "schedules", "environments"],
+                   help="only this kind")
     p.add_argument("--plugins", nargs="*", default=[], help="plugin modules/files to import first")
     p.set_defaults(func=_list)
     p = sub.add_parser("check-loss", help="run a loss on random and edge-case batches and report problems",

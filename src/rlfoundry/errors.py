@@ -46,3 +46,8 @@ class LossError(RLFoundryError, TypeError):
 
 class RolloutEngineError(RLFoundryError):
     """An external rollout engine (vLLM) is missing, unreachable or failed."""
+
+
+class EnvironmentStepError(RLFoundryError):
+    """A multi-turn environment's ``reset``, ``step`` or ``final_reward`` raised, timed out or
+    returned something malformed (message names the sample, the turn and the place)."""

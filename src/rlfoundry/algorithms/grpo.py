@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from rlfoundry.algorithms import grpo_config, grpo_grouping, grpo_process, mismatch
+from rlfoundry.algorithms import grpo_config, grpo_episodes, grpo_grouping, grpo_process, mismatch
 from rlfoundry.algorithms.advantages import compute_configured_advantages
 from rlfoundry.algorithms.grouping import GROUPINGS, GroupingContext, needs_embeddings
 from rlfoundry.algorithms.grpo_buffer import TrainingBuffer, rows_logprobs
@@ -83,7 +83,7 @@ class GRPOTrainer(GRPOSeedHelpers, SamplingTrainerMixin, Trainer):
         grpo_config.validate_grpo_world(cfg, world_size)
 
     def __init__(self, model=None, tokenizer=None, config=None, *, loss_fn=None,
-                 reward_fns=None, rollout_backend=None):
+                 reward_fns=None, rollout_backend=None, environment=None):
         super().__init__(model, tokenizer, config, loss_fn=loss_fn)
         algo = self.config.algorithm
         self.group_size = group_size_of(algo)
@@ -100,6 +100,8 @@ class GRPOTrainer(GRPOSeedHelpers, SamplingTrainerMixin, Trainer):
         self.correction = mismatch.RolloutCorrection.for_loss(algo.rollout_correction, self.loss_fn)
         self.mismatch_tally = mismatch.MismatchTally()
         self.rollout = rollout_backend or build_backend(self.config, self.model, self.tokenizer)
+        self.episodes = grpo_episodes.episode_runner(  # multi-turn (environment:), else None
+            self.config, environment, self.rollout, self.tokenizer, self.sampling, self.model)
         self.sampling_generator = torch.Generator(self.device).manual_seed(
             self.config.training.seed + self.dist.rank)
         self.rollout_round = 0  # counts sampling rounds (seeds per-prompt generators)
@@ -217,8 +219,12 @@ class GRPOTrainer(GRPOSeedHelpers, SamplingTrainerMixin, Trainer):
         """Stage 1: completions of the prompts at positions ``share`` of the round."""
         positions = list(share)
         with self.full_parameters(), self.autocast():
-            rollout = self.rollout.generate([self.train_prompts[prompt_indices[p]] for p in positions],
-                                            self.group_size, self.sampling, self._sampling_rng(positions))
+            if self.episodes is not None:  # multi-turn episodes with the environment
+                rollout = grpo_episodes.run_episodes(self.episodes, [self.train_set[prompt_indices[p]] for p in positions],
+                                                     self.group_size, self._sampling_rng(positions))
+            else:
+                rollout = self.rollout.generate([self.train_prompts[prompt_indices[p]] for p in positions],
+                                                self.group_size, self.sampling, self._sampling_rng(positions))
         rollout.prompt_index = [share.start + p for p in rollout.prompt_index]  # round positions
         return rollout
 
@@ -226,7 +232,7 @@ class GRPOTrainer(GRPOSeedHelpers, SamplingTrainerMixin, Trainer):
         """Stage 2: the rollout's rewards (``score_rollout``)."""
         examples = [self.train_set[prompt_indices[p]] for p in rollout.prompt_index]
         prompts = [render_prompt(self.tokenizer, ex.prompt) for ex in examples]
-        responses = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        responses = scoring.decode_responses(rollout, self.tokenizer)  # episodes: the final turn
         return scoring.score(rollout, examples, prompts, responses, self.group_size, self.score_rollout)
 
     def _group(self, scored: ScoredRollout, prompt_indices: list[int]) -> GroupedRound:
@@ -342,6 +348,10 @@ class GRPOTrainer(GRPOSeedHelpers, SamplingTrainerMixin, Trainer):
         :func:`~rlfoundry.algorithms.grpo_eval.eval_metrics` on rank 0."""
         if not self.eval_prompts:
             return {}
+        if self.episodes is not None:
+            return grpo_episodes.evaluate_environment(
+                self.episodes, self.reward_fns, list(self.eval_set), self.sampling, self.config.training.batch_size,
+                self.sampling_generator, self.dist, self.config.algorithm.reward_timeout)
         responses = greedy_responses(self.rollout, self.tokenizer, self.eval_prompts, self.sampling,
                                      self.config.training.batch_size * self.group_size,
                                      self.sampling_generator, self.dist)

@@ -36,7 +36,7 @@ class TrainingBuffer:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    loss_mask: torch.Tensor
+    loss_mask: torch.Tensor  # 1 on tokens the model sampled (not prompts, env answers, padding)
     sampling_logprobs: torch.Tensor  # the engine's log-probs at sampling time
     advantages: torch.Tensor  # [N] float32, or [N, T - 1] per token (estimator: process)
     returns: torch.Tensor  # [N] float32: the rewards
@@ -58,6 +58,10 @@ class TrainingBuffer:
         prompts = [s.rollout.prompt_ids[i] for s, _, i in picked]
         completions = [s.rollout.completion_ids[i] for s, _, i in picked]
         input_ids, attention, loss_mask = pad_prompt_completions(prompts, completions, pad_id)
+        for k, (s, _, i) in enumerate(picked):  # episodes: environment tokens are not trained
+            if s.rollout.model_mask is not None:
+                start = len(prompts[k])
+                loss_mask[k, start:start + len(completions[k])] = torch.tensor(s.rollout.token_mask(i))
         sampling = torch.zeros((len(picked), input_ids.shape[1] - 1), dtype=torch.float32)
         for k, (s, _, i) in enumerate(picked):
             start = len(prompts[k])

@@ -43,7 +43,11 @@ def validate_grpo_config(cfg: RunConfig) -> None:
     if any(isinstance(c, DPOLossFn) for c in loss_components(LossFunctionRegistry.build(loss))):
         raise ConfigError("algorithm.loss: a DPO-style component needs preference pairs "
                           "(chosen/rejected); use it in a DPO run (algorithm.name: dpo)")
-    if not algo.rewards:
+    if cfg.environment is not None:
+        from rlfoundry.environments.build import check_environment_config
+
+        check_environment_config(cfg.environment)
+    if not algo.rewards and cfg.environment is None:  # an environment may give every reward
         name = cfg.data.train[len("builtin:"):] if isinstance(cfg.data.train, str) else ""
         if name not in DEFAULT_REWARDS:
             raise ConfigError("algorithm.rewards: GRPO needs at least one reward function, e.g. "

@@ -145,6 +145,10 @@ def finalize(cfg: RunConfig) -> RunConfig:
             f"training.batch_size ({train.batch_size}) must be a multiple of "
             f"training.micro_batch_size ({train.micro_batch_size})"
         )
+    if kind != "grpo" and cfg.environment is not None:
+        raise ConfigError(f"environment: multi-turn environments train with GRPO, but algorithm "
+                          f"'{algo.name}' is a {kind or 'custom'} trainer; remove environment: "
+                          "or set algorithm.name: grpo")
     if kind != "grpo":
         used = [f for f in GRPO_ONLY_FIELDS if f in algo.model_fields_set]
         if used:

@@ -526,6 +526,36 @@ class RolloutConfig(Section):
         return self
 
 
+# ---- multi-turn environments (docs/environments.md) ----
+class EnvironmentConfig(Section):
+    """GRPO on multi-turn episodes: the model talks to an environment (docs/environments.md)."""
+
+    name: str = Field(..., description="Registered environment (`rlfoundry list environments`; "
+                      "your own through plugins:) or an import path 'my_module:MyEnvironment'.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the "
+                                 "environment's constructor.")
+    max_turns: int = Field(4, gt=0, description="Model turns per episode at most; an episode still "
+                           "running after them ends truncated.")
+    max_total_tokens: int | None = Field(
+        None, gt=0, description="Tokens after the first prompt (model turns + environment answers) "
+        "per episode at most (null: the model's context); an episode that reaches it ends "
+        "truncated. Its completion_lengths (DAPO overlong_penalty) count the same tokens.")
+    step_timeout: float | None = Field(
+        None, gt=0, description="Seconds one env.step (or final_reward) call may take (null: no "
+        "limit); a call that runs longer is abandoned and handled by algorithm.reward_error.")
+    stop_strings: list[str] = Field(default_factory=list, description="Extra strings that end a "
+                                    "model turn (added to algorithm.sampling.stop_strings).")
+    workers: int = Field(16, gt=0, description="env.step calls run at the same time at most.")
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _no_empty_stop(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            if not text:
+                raise ValueError(f"stop_strings[{i}] is empty; it would end every turn at once")
+        return value
+
+
 GRPO_ONLY_FIELDS = ("group_size", "num_generations", "num_iterations", "rewards", "reward_error",
                     "reward_timeout",
                     "sampling", "advantage", "dynamic_sampling", "group_strategy", "grouping",
@@ -543,6 +573,9 @@ class RunConfig(Section):
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="GRPO: rollout engine.")
+    environment: EnvironmentConfig | None = Field(
+        None, description="GRPO: train on multi-turn episodes with this environment "
+        "(docs/environments.md); null: single-turn prompts and completions.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     plugins: list[str] = Field(
         default_factory=list,

@@ -1,8 +1,8 @@
-"""Multi-turn environments for GRPO: the contract (``base``) and its registry, tool calls
-(``tool_calls``), tools (``tools``, built-ins in ``builtin_tools``) and the ``tools``
-environment (``tool_env``)."""
+"""Multi-turn environments for GRPO: the contract (``base``), its registry, the episode
+runner (``episodes``) that plays them with a rollout backend, tool calls (``tool_calls``),
+tools (``tools``, built-ins in ``builtin_tools``) and the ``tools`` environment (``tool_env``)."""
 
-from rlfoundry.environments import builtin_tools  # noqa: E402,F401  (registers calculator, python)
+from rlfoundry.environments import builtin_tools  # noqa: F401  (registers calculator, python)
 from rlfoundry.environments.base import (
     ENVIRONMENTS,
     Environment,
@@ -11,6 +11,7 @@ from rlfoundry.environments.base import (
     Message,
     register_environment,
 )
+from rlfoundry.environments.episodes import EpisodeRunner, EpisodeSettings
 from rlfoundry.environments.tool_calls import (
     TOOL_PARSERS,
     CallError,
@@ -19,7 +20,7 @@ from rlfoundry.environments.tool_calls import (
     parse_hermes,
     register_tool_parser,
 )
-from rlfoundry.environments.tool_env import ToolEnvironment  # noqa: E402
+from rlfoundry.environments.tool_env import ToolEnvironment
 from rlfoundry.environments.tools import (
     TOOLS,
     Tool,
@@ -30,7 +31,8 @@ from rlfoundry.environments.tools import (
 )
 
 __all__ = [
-    "ENVIRONMENTS", "TOOLS", "TOOL_PARSERS", "CallError", "EnvStep", "Environment", "EpisodeStart",
-    "Message", "ParsedTurn", "Tool", "ToolCall", "ToolEnvironment", "ToolFailure", "ToolResult",
-    "parse_hermes", "register_environment", "register_tool", "register_tool_parser", "run_tool_call",
+    "ENVIRONMENTS", "TOOLS", "TOOL_PARSERS", "CallError", "EnvStep", "Environment", "EpisodeRunner",
+    "EpisodeSettings", "EpisodeStart", "Message", "ParsedTurn", "Tool", "ToolCall", "ToolEnvironment",
+    "ToolFailure", "ToolResult", "parse_hermes", "register_environment", "register_tool",
+    "register_tool_parser", "run_tool_call",
 ]

@@ -66,10 +66,45 @@ def data_columns(examples: Sequence[Any]) -> dict[str, list[Any]]:
 
 
 def sample_columns(examples: Sequence[Any], rollout: Rollout) -> dict[str, list[Any]]:
-    """The columns reward functions see: each sample's data row, plus ``completion_lengths``."""
+    """The columns reward functions see: each sample's data row, plus ``completion_lengths``
+    (for an episode: every token after its first prompt) and, for episodes,
+    ``episode_turns`` and ``episode_messages`` (the whole conversation)."""
     columns = data_columns(examples)
     columns["completion_lengths"] = [len(c) for c in rollout.completion_ids]
+    if rollout.episodes is not None:
+        columns["episode_turns"] = [e.turns for e in rollout.episodes]
+        columns["episode_messages"] = [e.messages for e in rollout.episodes]
     return columns
+
+
+def decode_responses(rollout: Rollout, tokenizer) -> list[str]:
+    """What reward functions score: each completion's text, or an episode's final model turn."""
+    if rollout.episodes is not None:
+        return [e.final_text for e in rollout.episodes]
+    return tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+
+
+def add_environment_rewards(result: RewardResult, rollout: Rollout) -> RewardResult:
+    """Episodes' environment rewards added to the reward functions' totals, as the
+    ``environment`` function (NaN where it gave none). An episode dropped under
+    ``reward_error: skip`` has no total; an environment reward of None leaves the total as
+    the reward functions made it."""
+    if rollout.episodes is None:
+        return result
+    env = torch.tensor([math.nan if e.env_reward is None else e.env_reward for e in rollout.episodes],
+                       dtype=torch.float64)
+    skipped = torch.tensor([e.env_reward is not None and math.isnan(e.env_reward) for e in rollout.episodes])
+    given = ~torch.isnan(env)
+    total = torch.where(given, torch.nan_to_num(result.total, nan=0.0) + env, result.total)
+    total = torch.where(skipped, torch.full_like(total, math.nan), total)
+    reasons = [None if e.error is None else (e.error_reason or "exception") for e in rollout.episodes]
+    per_function = {**result.per_function, "environment": env}
+    out = RewardResult(total, per_function, {**result.num_errors, "environment": sum(r is not None for r in reasons)},
+                       dict(result.reasons), dict(result.details))
+    if any(r is not None for r in reasons):
+        out.reasons["environment"] = reasons
+        out.details["environment"] = [e.error for e in rollout.episodes]
+    return out
 
 
 def score(rollout: Rollout, examples: Sequence[Any], prompts: list[Any], responses: list[str],
@@ -80,6 +115,7 @@ def score(rollout: Rollout, examples: Sequence[Any], prompts: list[Any], respons
     columns = sample_columns(examples, rollout)
     sample_ids = [f"{ex.location}#{i % group_size}" for i, ex in enumerate(examples)]
     result, nonfinite = score_fn(prompts, responses, columns, sample_ids)
+    result = add_environment_rewards(result, rollout)
     return ScoredRollout(rollout=rollout, prompts=prompts, responses=responses, columns=columns,
                          rewards=result.total, per_function=result.per_function,
                          reasons=dict(result.reasons), details=dict(result.details),
@@ -167,4 +203,29 @@ def reward_metrics(scored: ScoredRollout, stats: dict[str, Any] | None = None) -
         "completion_length_max": lengths.max(),
         "truncated_frac": sum(ro.truncated) / len(ro.truncated),
         "generation_tokens_per_s": ro.num_tokens / max(ro.seconds, 1e-9),
+        **episode_metrics(ro),
     }
+
+
+def episode_metrics(rollout: Rollout) -> dict[str, float]:
+    """Multi-turn rollouts: ``env/turns`` (mean per episode), ``env/<metric>`` (each
+    ``EnvStep.metrics`` name, e.g. ``tool_calls``, ``tool_errors``: summed over an episode's
+    turns, mean per episode), ``env/reward_mean`` (environment reward, episodes that gave
+    one), ``env/truncated_frac``, ``env/errors`` (failed steps), ``env/done_frac`` and
+    ``env/model_token_frac`` (share of completion tokens the model wrote)."""
+    episodes = rollout.episodes
+    if not episodes:
+        return {}
+    n = len(episodes)
+    names = dict.fromkeys(k for e in episodes for k in e.metrics)
+    rewards = [e.env_reward for e in episodes if e.env_reward is not None and not math.isnan(e.env_reward)]
+    model = sum(sum(rollout.token_mask(i)) for i in range(n))
+    out = {"env/turns": sum(e.turns for e in episodes) / n,
+           **{f"env/{k}": sum(e.metrics.get(k, 0.0) for e in episodes) / n for k in names},
+           "env/truncated_frac": sum(rollout.truncated) / n,
+           "env/errors": float(sum(e.error is not None for e in episodes)),
+           "env/done_frac": sum(e.outcome == "done" for e in episodes) / n,
+           "env/model_token_frac": model / max(rollout.num_tokens, 1)}
+    if rewards:
+        out["env/reward_mean"] = sum(rewards) / len(rewards)
+    return out
