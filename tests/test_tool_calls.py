@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from rlfoundry.environments import TOOL_PARSERS, ParsedTurn, ToolCall, parse_hermes, register_tool_parser
+from rlfoundry.environments import (
+    TOOL_PARSERS,
+    ParsedTurn,
+    ToolCall,
+    parse_hermes,
+    register_tool_parser,
+)
 from rlfoundry.environments.tool_calls import MAX_CALLS_PER_TURN, get_tool_parser
 from rlfoundry.errors import ConfigError
 

@@ -103,7 +103,7 @@ class ToolEnvironment(Environment):
             self.parse = get_tool_parser(parser)
         except ConfigError as e:
             raise ConfigError(f"{WHERE}.parser: {e}") from None
-        self.registry = resolve_tools(list(tools), tool_options, WHERE)
+        self.registry = resolve_tools(tools, tool_options, WHERE)
         if "python" in self.registry:  # a host without the sandbox fails here, not per call
             from rlfoundry.rewards.sandbox import check_mode, detect_isolation
 
