@@ -66,7 +66,16 @@ def registries() -> dict[str, dict[str, str]]:
     return {"algorithms": TRAINERS.describe(), "losses": LossFunctionRegistry.describe(),
             "advantage estimators": ADVANTAGE_ESTIMATORS.describe(),
             "grouping strategies": GROUPINGS.describe(), "rewards": REWARDS.describe(),
-            "schedules": SCHEDULES.describe(), "environments": ENVIRONMENTS.describe()}
+            "schedules": SCHEDULES.describe(), "environments": ENVIRONMENTS.describe(),
+            **tool_registries()}
+
+
+def tool_registries() -> dict[str, dict[str, str]]:
+    """The tools and tool-call parsers of the ``tools`` environment (docs/tools.md)."""
+    from rlfoundry.environments import TOOL_PARSERS, TOOLS
+
+    return {"tools": {name: TOOLS.get(name).description for name in TOOLS.names()},
+            "tool parsers": TOOL_PARSERS.describe()}
 
 
 def _list(args) -> int:
@@ -339,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list everything registered (algorithms, losses, advantages, "
                        "groupings, rewards, schedules, environments), built-in and from plugins")
     p.add_argument("kind", nargs="?", choices=["algorithms", "losses", "advantage", "grouping",
-                                               "rewards", "schedules", "environments"],
+                                               "rewards", "schedules", "environments", "tools",
+                                               "tool"],
                    help="only this kind")
     p.add_argument("--plugins", nargs="*", default=[], help="plugin modules/files to import first")
     p.set_defaults(func=_list)
