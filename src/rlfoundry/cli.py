@@ -194,7 +194,6 @@ def _eval_environment(args, model, tokenizer, result: dict) -> None:
     from rlfoundry.config.schema import EnvironmentConfig
     from rlfoundry.environments.build import build_environment, episode_settings
     from rlfoundry.environments.evaluation import evaluate_episodes
-    from rlfoundry.rewards import resolve_rewards
 
     try:
         env_args = json.loads(args.env_args)

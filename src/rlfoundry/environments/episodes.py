@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from rlfoundry.data.prompts import check_messages
 from rlfoundry.environments.base import Environment, EpisodeStart
 from rlfoundry.environments.render import observation_ids, prompt_ids
 from rlfoundry.environments.steps import (
@@ -162,8 +163,6 @@ class EpisodeRunner:
         if not isinstance(start, EpisodeStart):
             raise EnvironmentStepError(f"environment reset returned {type(start).__name__} on "
                                        f"{sample_id}, not an EpisodeStart(messages, state)")
-        from rlfoundry.data.prompts import check_messages
-
         try:
             messages = check_messages(start.messages, f"reset on {sample_id}", "messages")
         except DataError as e:
@@ -248,7 +247,7 @@ class EpisodeRunner:
         outcomes = run_calls([_bound(self.env.final_reward, ep.state, list(ep.turn_rewards))
                               for ep in episodes], self.settings.step_timeout, self.settings.workers)
         for ep, outcome in zip(episodes, outcomes):
-            reward = self._checked(ep, outcome, lambda v: check_reward(v, "final_reward"), "final_reward")
+            reward = self._checked(ep, outcome, lambda v: check_reward(v, "reward"), "final_reward")
             if ep.outcome != "error":
                 ep.env_reward = reward
 

@@ -83,19 +83,19 @@ def check_env_step(value: Any) -> EnvStep:
     """``value`` if it is a well-formed :class:`EnvStep`, else :class:`DataError` saying what
     is wrong (the caller names the sample)."""
     if not isinstance(value, EnvStep):
-        raise DataError(f"step returned {type(value).__name__} ({short_repr(value)}), not an EnvStep")
-    observation = check_messages(value.observation, "step", "observation")
-    reward = check_reward(value.reward, "step reward")
+        raise DataError(f"returned {type(value).__name__} ({short_repr(value)}), not an EnvStep")
+    observation = check_messages(value.observation, "returned a bad observation", "observation")
+    reward = check_reward(value.reward, "reward")
     if not isinstance(value.done, bool):
-        raise DataError(f"step returned done={short_repr(value.done)}; it must be True or False")
+        raise DataError(f"returned done={short_repr(value.done)}; it must be True or False")
     if not isinstance(value.metrics, Mapping):
-        raise DataError(f"step returned metrics of type {type(value.metrics).__name__}; "
+        raise DataError(f"returned metrics of type {type(value.metrics).__name__}; "
                         "it must be a dict of name -> number")
     metrics = {}
     for key, number in value.metrics.items():
         if not isinstance(key, str) or isinstance(number, bool) or not isinstance(number, (int, float)) \
                 or not math.isfinite(float(number)):
-            raise DataError(f"step returned metrics[{short_repr(key)}] = {short_repr(number)}; "
+            raise DataError(f"returned metrics[{short_repr(key)}] = {short_repr(number)}; "
                             "metrics must be finite numbers under string names")
         metrics[key] = float(number)
     return EnvStep(observation=observation, reward=reward, done=value.done, state=value.state,
@@ -103,12 +103,12 @@ def check_env_step(value: Any) -> EnvStep:
 
 
 def check_reward(value: Any, what: str) -> float | None:
-    """A reward: None or one finite number (bools count as 0/1)."""
+    """A reward: None or one finite number (bools count as 0/1); ``what`` names it."""
     if value is None:
         return None
     if not isinstance(value, (int, float)):
-        raise DataError(f"{what} is {type(value).__name__} ({short_repr(value)}); it must be a "
-                        "number or None")
+        raise DataError(f"returned {what} {short_repr(value)} ({type(value).__name__}); it must be "
+                        "a number or None")
     if not math.isfinite(float(value)):
-        raise DataError(f"{what} is {value}; it must be finite")
+        raise DataError(f"returned {what} {value}; it must be finite")
     return float(value)
