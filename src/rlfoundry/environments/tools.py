@@ -220,7 +220,7 @@ def check_arguments(tool: Tool, arguments: Mapping[str, Any]) -> str | None:
 def as_text(value: Any, limit: int) -> str:
     """A tool's return value as text for the model: a str, or a number/bool written out;
     anything else is a ``not_text`` failure. Over ``limit`` characters: ``output_limit``."""
-    if isinstance(value, bool) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if isinstance(value, (int, float)):  # bool included
         value = str(value)
     if not isinstance(value, str):
         raise ToolFailure("not_text", f"the tool returned {type(value).__name__}, not text")
