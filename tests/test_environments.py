@@ -220,7 +220,7 @@ def test_a_failing_step_gives_a_per_sample_outcome_and_the_rest_goes_on(tokenize
 
 def test_a_failing_step_under_raise_names_the_sample(tokenizer):
     r = runner(tokenizer, Flaky(), lambda ctx: "x", on_error="raise")
-    with pytest.raises(EnvironmentStepError, match=r"data\.jsonl:7#1 \(turn 1\).*tool exploded"
+    with pytest.raises(EnvironmentStepError, match=r"tool exploded.*data\.jsonl:7#0 \(turn 1\)"
                        r".*reward_error"):
         r.run([{"prompt": "p", "mode": "raise"}], ["data.jsonl:7"], 2)
 
@@ -247,8 +247,7 @@ def grpo_cfg(**environment):
 def test_environment_config_is_strict():
     cfg = load_config(grpo_cfg(max_turns=3, args={"observation": "hi"}))
     assert cfg.environment.max_turns == 3 and cfg.environment.args == {"observation": "hi"}
-    assert load_config({"algorithm": {"name": "grpo"}, "data": {"train": "builtin:addition"},
-                        "environment": {"name": "envcore_test_echo"}}).algorithm.rewards
+    assert cfg.algorithm.rewards == []  # the environment may give the whole reward
     with pytest.raises(ConfigError, match="max_turn"):
         load_config(grpo_cfg(max_turn=3))
     with pytest.raises(ConfigError, match=r"environment\.name.*'envcore_test_ech'.*did you mean "

@@ -40,6 +40,7 @@ def test_environment_tokens_get_zero_gradient_and_model_tokens_their_single_turn
     t.setup_data()
     t.total_steps = 1
     buffer, metrics = t.make_rollout([0, 1, 2])
+    t.buffer = buffer
     assert metrics["env/turns"] > 1 and 0 < metrics["env/model_token_frac"] < 1
     model_tokens = buffer.loss_mask.bool()
     prompt_len = [len(p) for p in t.train_prompts[:3]]
@@ -52,7 +53,11 @@ def test_environment_tokens_get_zero_gradient_and_model_tokens_their_single_turn
     # zero where an environment (or prompt/padding) token is
     grads = []
     norm = t.model.model.norm
-    hook = norm.register_forward_hook(lambda m, i, out: out.register_hook(grads.append))
+
+    def keep_grad(module, inputs, out):
+        out.register_hook(grads.append)  # returns None: the output is left as it is
+
+    hook = norm.register_forward_hook(keep_grad)
     batch = t.collate(list(range(len(buffer))))
     loss, _ = t.micro_step(batch)
     loss.backward()

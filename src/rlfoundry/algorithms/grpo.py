@@ -22,6 +22,8 @@ One rollout batch feeds ``num_iterations`` (mu) optimizer steps. Override points
   ``value_preds`` (value head), ``responses``, ``prompts``; ``group_id`` ``[B]``, the
   rollout's ``num_groups`` / ``num_grouped``; ``rollout_weights`` with rollout_correction.
 
+With an environment (``environment:`` or ``GRPOTrainer(environment=...)``) stage 1 plays
+multi-turn episodes (``algorithms/grpo_episodes.py``, docs/environments.md).
 A loss may name the grouping it needs (``grouping = "dynamic"``, e.g. ``dynamic_grpo``).
 Under torchrun each rank generates and scores its share; rank 0 groups all ranks' samples
 and sends groups and advantages to all; each rank trains on its share of the global buffer.

@@ -130,7 +130,7 @@ class EpisodeRunner:
         ``locations[i]`` names row ``i`` in errors (sample ids ``<location>#<k>``)."""
         start = time.perf_counter()
         params = replace(params, stop_strings=self.params.stop_strings) if params else self.params
-        episodes = [self._reset(rows[r], r, f"{locations[r]}#{k}")
+        episodes = [self._reset(dict(rows[r]), r, f"{locations[r]}#{k}")  # a copy per episode
                     for r in range(len(rows)) for k in range(num_samples)]
         for turn in range(self.settings.max_turns):
             for ep in episodes:
