@@ -82,7 +82,16 @@ def registries() -> dict[str, dict[str, str]]:
     return {"algorithms": TRAINERS.describe(), "losses": LossFunctionRegistry.describe(),
             "advantage estimators": ADVANTAGE_ESTIMATORS.describe(),
             "grouping strategies": GROUPINGS.describe(), "rewards": REWARDS.describe(),
-            "schedules": SCHEDULES.describe(), "environments": ENVIRONMENTS.describe()}
+            "schedules": SCHEDULES.describe(), "environments": ENVIRONMENTS.describe(),
+            **tool_registries()}
+
+
+def tool_registries() -> dict[str, dict[str, str]]:
+    """The tools and tool-call parsers of the ``tools`` environment (docs/tools.md)."""
+    from rlfoundry.environments import TOOL_PARSERS, TOOLS
+
+    return {"tools": {name: TOOLS.get(name).description for name in TOOLS.names()},
+            "tool parsers": TOOL_PARSERS.describe()}
 
 
 def _list(args) -> int:
@@ -133,6 +142,15 @@ def _check_loss(args) -> int:
 def _quickstart(args) -> int:
     from rlfoundry.quickstart import run_quickstart
     from rlfoundry.report import expected_range_text, headline, results_table
+
+    if args.task == "tools":  # the tool task (docs/environments.md, "A task where tools help")
+        from rlfoundry.tool_task import render_table, run_tool_task
+
+        out = Path(args.output_dir if args.output_dir != "runs/quickstart" else "runs/tools")
+        summary = run_tool_task(out, fast=args.fast, overrides=args.overrides,
+                                progress=not args.no_progress, threads=args.threads)
+        print("\n" + render_table(summary) + f"\n\nreport: {out / 'report.md'}")
+        return 0
 
     summary = run_quickstart(args.output_dir, fast=args.fast, overrides=args.overrides,
                              progress=not args.no_progress, threads=args.threads)
@@ -342,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch CPU threads (default 1: the tiny model gains nothing from more; "
                    "see training.num_threads)")
+    p.add_argument("--task", choices=("default", "tools"), default="default",
+                   help="tools: the tool-use demo instead (SFT -> multi-turn GRPO with a calculator, "
+                   "against a no-tool policy; output in runs/tools unless --output-dir)")
     p.add_argument("overrides", nargs="*",
                    help="config overrides for every stage (training.seed=1) or one (grpo.training.max_steps=80)")
     p.set_defaults(func=_quickstart)
@@ -393,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "groupings, rewards, schedules, environments), built-in and from "
                        "plugins, and the built-in data sets and models")
     p.add_argument("kind", nargs="?", choices=["algorithms", "losses", "advantage", "grouping",
-                                               "rewards", "schedules", "environments", "datasets",
-                                               "models"],
+                                               "rewards", "schedules", "environments", "tools",
+                                               "tool", "datasets", "models"],
                    help="only this kind")
     p.add_argument("--plugins", nargs="*", default=[], help="plugin modules/files to import first")
     p.set_defaults(func=_list)

@@ -106,8 +106,10 @@ def apply_template(
     *,
     add_generation_prompt: bool,
     where: str,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    """Render messages to text with the tokenizer's chat template (DataError on failure)."""
+    """Render messages to text with the tokenizer's chat template (DataError on failure);
+    ``tools``: tool schemas the template shows the model (``apply_chat_template(tools=...)``)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise DataError(
             f"{where}: conversational rows need a tokenizer with a chat template; "
@@ -115,8 +117,9 @@ def apply_template(
         )
     check_no_special_text(tokenizer, messages, where)
     try:
+        extra = {"tools": tools} if tools else {}
         text = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False, **extra
         )
     except Exception as e:  # template errors come from jinja and are of many types
         raise DataError(f"{where}: the chat template failed on this row: {e}") from e
@@ -176,12 +179,13 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, special: boo
     return ids
 
 
-def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Content, where: str = "prompt") -> str:
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Content, where: str = "prompt",
+                  tools: list[dict[str, Any]] | None = None) -> str:
     """The text a model is given: a string as is, messages via the chat template with the
-    generation prompt."""
+    generation prompt (and the ``tools`` list, for rows of tool-use episodes)."""
     if isinstance(prompt, str):
         return prompt
-    return apply_template(tokenizer, prompt, add_generation_prompt=True, where=where)
+    return apply_template(tokenizer, prompt, add_generation_prompt=True, where=where, tools=tools)
 
 
 def keep_end(ids: list[int], limit: int | None) -> list[int]:
@@ -223,15 +227,22 @@ def tokenize_prompt(
 ) -> list[int]:
     """Prompt token ids, keeping the *end* (nearest the answer) when longer than
     ``max_prompt_length``. Strings get the tokenizer's default special tokens; messages are
-    rendered with the chat template and generation prompt, then tokenized without specials."""
+    rendered with the chat template and generation prompt, then tokenized without specials.
+    A row's ``tools`` column (a list of tool schemas) goes to the template with the messages."""
     if max_prompt_length is not None and max_prompt_length < 1:
         raise ConfigError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
+    tools = None
     if isinstance(example, PromptExample):
         prompt, where = example.prompt, example.location
+        tools = example.extras.get("tools")
+        if tools is not None and not (isinstance(tools, list)
+                                      and all(isinstance(t, Mapping) for t in tools)):
+            raise DataError(f"{where}: 'tools' must be a list of tool schemas (objects), "
+                            f"got {type(tools).__name__}")
     else:
         where = "prompt"
         prompt = check_content(example, where, "prompt", allow_empty=True)
-    text = render_prompt(tokenizer, prompt, where)
+    text = render_prompt(tokenizer, prompt, where, tools)
     plain = isinstance(prompt, str)
     ids = encode(tokenizer, [text], special=plain, data_text=plain, where=[where])[0]
     return keep_end(ids, max_prompt_length)

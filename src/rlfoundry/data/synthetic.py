@@ -190,7 +190,16 @@ BUILTIN_DATASETS: dict[str, tuple[Callable[..., list[dict[str, Any]]], str, int]
     "max": (make_max_prompts, "prompt", 2000),
     "max_sft": (make_max_sft, "sft", 2000),
     "sort_sft": (make_sort_sft, "sft", 2000),
+    # the tool task (rlfoundry.data.tool_arith): episodes, and per-turn SFT demonstrations
+    "tool_addition": (lambda *a, **k: _tool_arith().make_tool_addition(*a, **k), "prompt", 2000),
+    "tool_addition_sft": (lambda *a, **k: _tool_arith().make_tool_addition_sft(*a, **k), "sft", 2000),
 }
+
+
+def _tool_arith():
+    from rlfoundry.data import tool_arith  # imported on use: it needs the tool registry
+
+    return tool_arith
 
 
 def builtin_dataset(

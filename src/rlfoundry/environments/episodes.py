@@ -112,6 +112,7 @@ class EpisodeRunner:
                  settings: EpisodeSettings | None = None, *, context_limit: int | None = None,
                  eos_ids: Sequence[int] | None = None) -> None:
         self.env, self.backend, self.tokenizer = env, backend, tokenizer
+        self.tools = getattr(env, "tools", None) or None  # tool schemas for the chat template
         self.settings = settings or EpisodeSettings()
         stops = list(dict.fromkeys([*params.stop_strings, *self.settings.stop_strings]))
         self.params = replace(params, stop_strings=stops)
@@ -168,7 +169,7 @@ class EpisodeRunner:
             raise EnvironmentStepError(str(e)) from None
         if not messages:
             raise EnvironmentStepError(f"environment reset returned no messages on {sample_id}")
-        ids = prompt_ids(self.tokenizer, messages, f"episode {sample_id}")
+        ids = prompt_ids(self.tokenizer, messages, f"episode {sample_id}", self.tools)
         budget = self.settings.max_total_tokens or math.inf
         if self.context_limit is not None:
             budget = min(budget, self.context_limit - len(ids))
@@ -232,7 +233,8 @@ class EpisodeRunner:
             return
         end = ep.ids[-1] if ep.ids and ep.ids[-1] in self.eos_ids and not ep.last_cut else None
         end_text = None if end is None else self.tokenizer.decode([end], skip_special_tokens=False)
-        ids = observation_ids(self.tokenizer, ep.messages, end_text, observation, f"episode {ep.sample_id}")
+        ids = observation_ids(self.tokenizer, ep.messages, end_text, observation, f"episode {ep.sample_id}",
+                              self.tools)
         if len(ids) >= ep.left():
             self._finish(ep, "token_budget")
             return

@@ -36,12 +36,15 @@ def _stand_ins(messages: list[Message], start: int = 0) -> tuple[list[Message], 
     return out, contents
 
 
-def _render(tokenizer, messages: list[Message], generation: bool, where: str) -> str:
+def _render(tokenizer, messages: list[Message], generation: bool, where: str,
+            tools: list[dict[str, Any]] | None = None) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
         raise DataError(f"{where}: environments need a tokenizer with a chat template; this "
                         "tokenizer has none (set tokenizer.chat_template)")
+    extra = {"tools": tools} if tools else {}  # the environment's tool list (tools environment)
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False,
+                                             **extra)
     except Exception as e:  # jinja raises many types
         raise DataError(f"{where}: the chat template failed on the episode's messages: {e}") from e
     if not isinstance(text, str):
@@ -71,14 +74,17 @@ def _encode(tokenizer, text: str, contents: dict[int, str]) -> list[int]:
     return [int(i) for i in ids]
 
 
-def prompt_ids(tokenizer, messages: list[Message], where: str) -> list[int]:
-    """Ids of the episode's first prompt: ``messages`` rendered with the assistant header."""
+def prompt_ids(tokenizer, messages: list[Message], where: str,
+               tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """Ids of the episode's first prompt: ``messages`` rendered with the assistant header
+    (and ``tools``, the schemas the template lists, when given)."""
     shown, contents = _stand_ins(messages)
-    return _encode(tokenizer, _render(tokenizer, shown, True, where), dict(enumerate(contents)))
+    return _encode(tokenizer, _render(tokenizer, shown, True, where, tools), dict(enumerate(contents)))
 
 
 def observation_ids(tokenizer, history: list[Message], turn_end_text: str | None,
-                    observation: list[Message], where: str) -> list[int]:
+                    observation: list[Message], where: str,
+                    tools: list[dict[str, Any]] | None = None) -> list[int]:
     """Ids the environment adds after a model turn: the rest of the assistant turn's closing,
     the ``observation`` messages and the next assistant header.
 
@@ -88,9 +94,9 @@ def observation_ids(tokenizer, history: list[Message], turn_end_text: str | None
     template writes after an assistant message is added here."""
     shown, contents = _stand_ins(history + observation)
     before, turn, obs = shown[:len(history) - 1], shown[len(history) - 1], shown[len(history):]
-    opened = _render(tokenizer, before, True, where)
-    closed = _render(tokenizer, before + [turn], False, where)
-    full = _render(tokenizer, before + [turn] + obs, True, where)
+    opened = _render(tokenizer, before, True, where, tools)
+    closed = _render(tokenizer, before + [turn], False, where, tools)
+    full = _render(tokenizer, before + [turn] + obs, True, where, tools)
     mark = turn["content"]
     if not closed.startswith(opened) or not closed[len(opened):].startswith(mark) or not full.startswith(closed):
         raise DataError(

@@ -13,7 +13,11 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
+# With ``tools`` (``apply_chat_template(tools=...)``) a system turn lists the tool names first;
+# a tool result is a ``tool`` turn. Without tools the text is unchanged (tests pin it).
 CHAT_TEMPLATE = (
+    "{% if tools %}<|system|>tools:{% for t in tools %} "
+    "{{ (t['function'] if 'function' in t else t)['name'] }}{% endfor %}<|eos|>{% endif %}"
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eos|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )

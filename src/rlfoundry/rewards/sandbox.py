@@ -157,7 +157,9 @@ class Isolation:
 class ExecutionResult:
     """How one program did: ``outcome`` (one of OUTCOMES), tests ``passed`` of ``total``,
     a ``detail`` for anything but a pass, the wall ``seconds`` and the runner's ``pid`` (also
-    its process group id)."""
+    its process group id). ``outputs``: the stdout of each stdin/stdout test that ran, in
+    order (capped at ``max_output_bytes`` characters; the python tool of
+    :mod:`rlfoundry.environments.tools` reads it)."""
 
     outcome: str
     passed: int
@@ -165,6 +167,7 @@ class ExecutionResult:
     detail: str | None
     seconds: float
     pid: int
+    outputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -504,8 +507,12 @@ def _claims(answers: list[dict[str, Any]]) -> dict[str, Any]:
 def _classify(run: _Run, limits: SandboxLimits, tests: list[PreparedTest]) -> ExecutionResult:
     total = len(tests)
 
+    outputs = [r["out"] for r in run.answers
+               if isinstance(r.get("t"), int) and isinstance(r.get("out"), str)]
+
     def result(outcome: str, detail: str | None, passed: int = 0) -> ExecutionResult:
-        return ExecutionResult(outcome, passed, total, detail, run.seconds, run.pid)
+        return ExecutionResult(outcome, passed, total, detail, run.seconds, run.pid,
+                               outputs[: total])
 
     claims = _claims(run.answers)
     passed, detail = judge_tests(tests, run.answers)
