@@ -197,13 +197,26 @@ def test_reward_errors_name_the_option(tmp_path, tokenizer):
 # ---------------------------------------------------------------- the demo
 
 
+def test_sortedness_measures_the_answer_not_the_reward_model():
+    from rlfoundry.reward_model_demo import sortedness
+
+    assert sortedness("sort: d b a c\n", "a b c d") == {"ordered": 1.0, "exact": 1.0, "kept": 1.0}
+    assert sortedness("sort: d b a c\n", "d c b a") == {"ordered": 0.0, "exact": 0.0, "kept": 1.0}
+    assert sortedness("sort: d b a c\n", "a b d c") == {"ordered": 2 / 3, "exact": 0.0, "kept": 1.0}
+    assert sortedness("sort: d b a c\n", "a b c") == {"ordered": 1.0, "exact": 0.0, "kept": 0.0}
+    assert sortedness("sort: d b a c\n", "") == {"ordered": 0.0, "exact": 0.0, "kept": 0.0}
+
+
 @pytest.mark.slow
 def test_reward_model_demo_raises_held_out_sortedness(tmp_path):
+    """The demo, shortened: the RM ranks held-out pairs, and GRPO with the RM as its only
+    reward makes the policy's held-out answers more sorted (measured, not RM-scored)."""
     from rlfoundry.reward_model_demo import run_demo
 
-    summary = run_demo(tmp_path / "demo", overrides=["rm.training.max_steps=30",
-                                                     "sft.training.max_steps=120",
-                                                     "grpo.training.max_steps=20"],
-                       progress=False, log=lambda *_: None)
+    summary = run_demo(tmp_path / "demo", overrides=[
+        "rm.training.max_steps=24", "sft.training.max_steps=80", "sft.training.eval_every=80",
+        "grpo.training.max_steps=15", "grpo.training.eval_every=15", "grpo.data.eval_size=64"],
+        progress=False, log=lambda *_: None)
     assert summary["rm"]["accuracy"] > 0.8
-    assert summary["sortedness"]["after"] > summary["sortedness"]["before"] + 0.05, summary
+    before, after = summary["sortedness"]["before"], summary["sortedness"]["after"]
+    assert after["ordered"] > before["ordered"], summary["sortedness"]

@@ -9,10 +9,11 @@ GRPO reward (docs/reward_models.md).
 3. ``grpo``: GRPO on sort prompts whose only reward is the stage-1 model
    (``rewards: [{name: reward_model, args: {path: <rm>/final}}]``).
 
-The figure that matters is *held-out sortedness* before (the SFT model) and after GRPO: the
-fraction of held-out prompts whose greedy answer is exactly the prompt's letters in ascending
-order, measured against the data's ``answer`` column (GRPO's ``eval/accuracy``), not the
-reward model's score. The stage configs are package recipes
+The figures that matter are measured on the held-out prompts' greedy answers, before (the SFT
+model) and after GRPO, by :func:`sortedness` -- not by the reward model: ``ordered`` (the share
+of adjacent letters of the answer in ascending order: held-out sortedness), ``exact`` (the
+answer is the prompt's letters sorted) and ``kept`` (the answer is a permutation of the
+prompt's letters, which tells a policy that sorts from one that games the reward model). The stage configs are package recipes
 (``rlfoundry/recipes/reward_model_*.yaml``); ``output_dir`` gets one run directory per stage
 and ``summary.json``.
 """
@@ -67,6 +68,37 @@ def stage_config(root: Path, name: str, overrides: Sequence[str], fast: bool = F
         raise ConfigError(f"reward-model demo stage '{name}': {e}") from None
 
 
+def sortedness(prompt: str, answer: str) -> dict[str, float]:
+    """``ordered``: share of adjacent pairs of the answer's letters in ascending order (0 for
+    fewer than two letters); ``exact``: the answer is the prompt's letters sorted; ``kept``:
+    the answer holds exactly the prompt's letters. ``prompt`` is ``"sort: q d m a\\n"``."""
+    letters, got = prompt.split()[1:], answer.split()
+    pairs = list(zip(got, got[1:]))
+    ordered = sum(a < b for a, b in pairs) / len(pairs) if pairs else 0.0
+    return {"ordered": ordered, "exact": float(got == sorted(letters)),
+            "kept": float(sorted(got) == sorted(letters))}
+
+
+def held_out_sortedness(model, tokenizer, cfg: RunConfig, show: int = 3) -> dict[str, Any]:
+    """Mean :func:`sortedness` of greedy answers to the held-out prompts of ``cfg`` (GRPO's),
+    and the first ``show`` (prompt, answer) pairs."""
+    from rlfoundry.data import PromptDataset
+    from rlfoundry.data.sources import load_dataset_spec
+    from rlfoundry.evaluation import generate
+    from rlfoundry.rollout import SamplingParams
+
+    rows = load_dataset_spec(cfg.data, "eval", PromptDataset)
+    prompts = [ex.prompt for ex in rows]
+    params = SamplingParams(0.0, 1.0, 0, cfg.algorithm.sampling.max_new_tokens)
+    was_training = model.training
+    answers = generate(model.eval(), tokenizer, rows.tokenize(tokenizer), 1, params)
+    model.train(was_training)
+    scores = [sortedness(p, a) for p, a in zip(prompts, answers)]
+    out: dict[str, Any] = {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
+    out["samples"] = [[p.strip(), a] for p, a in list(zip(prompts, answers))[:show]]
+    return out
+
+
 def run_demo(output_dir: str | Path = "runs/reward_model_demo", *, fast: bool = False,
              overrides: Sequence[str] = (), progress: bool = True, threads: int = 1,
              log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -100,13 +132,15 @@ def _run(root: Path, fast: bool, overrides: Sequence[str], progress: bool,
         trainers[name].train()
         seconds[name] = round(time.perf_counter() - began, 1)
     rm, grpo = trainers["rm"], trainers["grpo"]
+    with torch.no_grad():
+        before = held_out_sortedness(trainers["sft"].model, grpo.tokenizer, configs["grpo"])
+        after = held_out_sortedness(grpo.model, grpo.tokenizer, configs["grpo"])
     summary = {
         "fast": fast, "threads": torch.get_num_threads(),
         "total_seconds": round(time.perf_counter() - start, 1), "seconds": seconds,
         "rm": {"accuracy": rm.last_eval.get("accuracy"),
                "accuracy_before": rm.initial_eval.get("accuracy"), "steps": rm.step},
-        "sortedness": {"before": grpo.initial_eval.get("accuracy"),
-                       "after": grpo.last_eval.get("accuracy"), "steps": grpo.step,
+        "sortedness": {"before": before, "after": after, "steps": grpo.step,
                        "eval_prompts": configs["grpo"].data.eval_size},
         "rm_reward_mean": {"before": grpo.initial_eval.get("reward_mean"),
                            "after": grpo.last_eval.get("reward_mean")},
@@ -121,13 +155,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
     rm, sort, rew = summary["rm"], summary["sortedness"], summary["rm_reward_mean"]
+    b, a = sort["before"], sort["after"]
     lines = [f"reward model: held-out pair accuracy {num(rm['accuracy_before'])} -> "
              f"{num(rm['accuracy'])} ({rm['steps']} steps)",
-             f"GRPO with the reward model as the only reward ({sort['steps']} steps):",
-             f"  held-out sortedness (exact sorted answer, {sort['eval_prompts']} prompts): "
-             f"{num(sort['before'])} -> {num(sort['after'])}",
-             f"  mean reward-model score of greedy answers: {num(rew['before'])} -> {num(rew['after'])}",
-             f"total {summary['total_seconds']} s, {summary['threads']} thread(s)"]
+             f"GRPO with the reward model as the only reward ({sort['steps']} steps), greedy "
+             f"answers to {sort['eval_prompts']} held-out prompts, SFT model -> GRPO model:",
+             f"  sortedness (adjacent letters in order)   {num(b['ordered'])} -> {num(a['ordered'])}",
+             f"  exactly sorted                           {num(b['exact'])} -> {num(a['exact'])}",
+             f"  keeps the prompt's letters               {num(b['kept'])} -> {num(a['kept'])}",
+             f"  mean reward-model score                  {num(rew['before'])} -> {num(rew['after'])}"]
+    lines += [f"  {p!r}: {x!r} -> {y!r}" for (p, x), (_, y) in zip(b["samples"], a["samples"])]
+    lines.append(f"total {summary['total_seconds']} s, {summary['threads']} thread(s)")
     if summary["fast"]:
         lines.append("(--fast: a smoke run; these figures mean nothing)")
     return "\n".join(lines)
