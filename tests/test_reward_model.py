@@ -216,7 +216,7 @@ def test_reward_model_demo_end_to_end(tmp_path):
     from rlfoundry.reward_model_demo import run_demo
 
     summary = run_demo(tmp_path / "demo", overrides=[
-        "rm.training.max_steps=24", "sft.training.max_steps=200", "sft.training.eval_every=200",
+        "rm.training.max_steps=24", "sft.training.max_steps=120", "sft.training.eval_every=120",
         "grpo.training.max_steps=15", "grpo.training.eval_every=15", "grpo.data.eval_size=64"],
         progress=False, log=lambda *_: None)
     assert summary["rm"]["accuracy"] > 0.8
