@@ -13,5 +13,6 @@ def load_builtin_trainers() -> None:
     import rlfoundry.algorithms.grpo  # noqa: F401
     import rlfoundry.algorithms.kto  # noqa: F401
     import rlfoundry.algorithms.online_dpo  # noqa: F401
+    import rlfoundry.algorithms.reward_model  # noqa: F401
     import rlfoundry.algorithms.seed_algorithms  # noqa: F401  (custom_dpo, custom_grpo)
     import rlfoundry.algorithms.sft  # noqa: F401

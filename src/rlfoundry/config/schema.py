@@ -452,7 +452,7 @@ class RolloutCorrectionConfig(Section):
 
 class AlgorithmConfig(Section):
     name: str = Field("dpo", description="Registered trainer: 'dpo', 'kto', 'online_dpo', 'grpo', "
-                      "'sft', or a custom one.")
+                      "'sft', 'reward_model' (docs/reward_models.md), or a custom one.")
     beta: float | None = Field(
         None, gt=0, description="DPO temperature; alias of loss.reference_policy_kl_penalty."
     )

@@ -20,6 +20,7 @@ from rlfoundry.rewards.builtin import (
 )
 from rlfoundry.rewards.calls import IN_PROCESS_ATTR, RewardCallError, in_process
 from rlfoundry.rewards.code_execution import code_execution, extract_code
+from rlfoundry.rewards.reward_model import reward_model
 from rlfoundry.rewards.runner import (
     ON_ERROR,
     REWARDS,
@@ -64,5 +65,6 @@ __all__ = [
     "math_equal",
     "overlong_penalty",
     "resolve_reward",
+    "reward_model",
     "resolve_rewards",
 ]

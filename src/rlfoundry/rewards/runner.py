@@ -96,6 +96,7 @@ def _resolve(name: str, args: Mapping[str, Any] | None) -> RewardFunction:
     if not callable(fn):
         raise ConfigError(f"reward '{name}' is a {type(fn).__name__}, not a callable")
     if not args:
+        _check_options(fn, {})
         return fn
     for key in ("prompts", "completions"):
         if key in args:
@@ -116,7 +117,16 @@ def _resolve(name: str, args: Mapping[str, Any] | None) -> RewardFunction:
                     f"reward '{name}' has no option '{key}'{did_you_mean(key, options)}; "
                     f"its options: {', '.join(options) or '(none)'}"
                 )
+    _check_options(fn, args)
     return functools.partial(fn, **args)
+
+
+def _check_options(fn: Any, args: Mapping[str, Any]) -> None:
+    """A function's own option check, ``fn.check_options(**args)`` when it has one (the
+    ``reward_model`` reward checks its model directory), so bad options fail at config load."""
+    check = getattr(fn, "check_options", None)
+    if callable(check):
+        check(**dict(args))
 
 
 def resolve_rewards(specs: Sequence[Any]) -> list[tuple[str, RewardFunction, float]]:

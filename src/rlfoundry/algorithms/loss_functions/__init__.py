@@ -1,6 +1,7 @@
 """Loss functions, chosen by name from config (``algorithm.loss.type``)."""
 
 from rlfoundry.algorithms.loss_functions import objectives  # noqa: F401  (registers objectives)
+from rlfoundry.algorithms.loss_functions.bradley_terry import BradleyTerryLossFn
 from rlfoundry.algorithms.loss_functions.composite import ComposableLossFunction, CompositeLossFn
 from rlfoundry.algorithms.loss_functions.dpo import DPO_LOSS_TYPES, DPOLossConfig, DPOLossFn
 from rlfoundry.algorithms.loss_functions.dynamic_grpo import (
@@ -18,6 +19,7 @@ from rlfoundry.algorithms.loss_functions.nll import NLLLossFn
 from rlfoundry.algorithms.loss_functions.registry import LossFunctionRegistry
 
 __all__ = [
+    "BradleyTerryLossFn",
     "ComposableLossFunction",
     "CompositeLossFn",
     "DynamicMultiObjectiveLossFn",
