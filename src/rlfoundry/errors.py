@@ -46,3 +46,12 @@ class LossError(RLFoundryError, TypeError):
 
 class RolloutEngineError(RLFoundryError):
     """An external rollout engine (vLLM) is missing, unreachable or failed."""
+
+
+class PeerLostError(RLFoundryError):
+    """Under torchrun, another rank's process or node went away mid-run (a collective failed
+    with a closed connection). ``lost`` lists the ranks that did not answer, when known."""
+
+    def __init__(self, message: str, *, lost: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.lost = lost

@@ -1,0 +1,87 @@
+"""Worker for tests/test_scaleout2.py, started by torchrun with 2 or 3 processes (gloo, CPU).
+
+One launch runs several short float64 trainings one after the other in the same process
+group, so the import and start-up cost is paid once:
+
+- ``fresh``: DPO with DDP and FSDP2 and GRPO with DDP, 4 steps each, checkpoints at step 2
+  (``<root>/w<N>/<name>``);
+- ``resume``: every step-2 checkpoint listed in ``<root>/resume_from_<N>.json`` resumed with
+  the given strategy to step 4 (``<root>/w<N>/<name>``);
+- ``reference``: the FSDP2-sharded DPO reference model against an unsharded copy (bytes per
+  rank and log-probs), written to ``<root>/w<N>/reference.json``.
+
+The test process compares the final weights with single-process runs.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(sys.argv[1])
+PHASES = sys.argv[2].split(",")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scaleout_configs import config  # noqa: E402
+
+from rlfoundry.algorithms.dpo import DPOTrainer  # noqa: E402
+from rlfoundry.algorithms.grpo import GRPOTrainer  # noqa: E402
+from rlfoundry.training import distributed  # noqa: E402
+
+TRAINERS = {"dpo": DPOTrainer, "grpo": GRPOTrainer}
+
+
+def run(algo: str, strategy: str, out: Path, resume: str | None = None) -> None:
+    TRAINERS[algo](config=config(algo, out, strategy, resume)).train()
+
+
+def reference_check(out: Path) -> None:
+    """Shard the reference under FSDP2 and compare with an unsharded copy."""
+    from rlfoundry.algorithms.reference import frozen_copy, sequence_logps
+
+    trainer = DPOTrainer(config=config("dpo", out, "fsdp2", None, reference_precompute=False,
+                                       max_steps=1))
+    trainer.train()
+    dist = trainer.dist
+    ref = trainer.ref_model
+    local = sum(p.to_local().numel() * p.element_size() if hasattr(p, "to_local")
+                else p.numel() * p.element_size() for p in ref.parameters())
+    whole = frozen_copy(trainer.model)  # the same architecture, for its size
+    full = sum(p.numel() * p.element_size() for p in whole.parameters())
+    # the reference's log-probs, sharded vs. a whole copy of the initial weights
+    batch = trainer.collate([0, 1])
+    from rlfoundry.models import build_policy
+
+    initial = build_policy(trainer.config.model, trainer.tokenizer, seed=trainer.config.training.seed)
+    initial.eval()
+    with torch.no_grad():
+        sharded = trainer.reference_logps(batch)
+        plain = sequence_logps(initial, batch)
+    b = batch["num_sequences"]
+    diff = max(float((sharded[0].cpu() - plain[:b]).abs().max()),
+               float((sharded[1].cpu() - plain[b:]).abs().max()))
+    rows = distributed.all_gather_object({"rank": dist.rank, "local_bytes": local,
+                                          "full_bytes": full, "logp_diff": diff})
+    if dist.is_main:
+        (out / "reference.json").write_text(json.dumps(rows))
+
+
+def main() -> None:
+    world = distributed.launched_world_size()
+    here = ROOT / f"w{world}"
+    if "fresh" in PHASES:
+        run("dpo", "ddp", here / "dpo_ddp")
+        run("dpo", "fsdp2", here / "dpo_fsdp2")
+        run("grpo", "ddp", here / "grpo_ddp")
+    if "resume" in PHASES:
+        plan = json.loads((ROOT / f"resume_from_{world}.json").read_text())
+        for name, (strategy, checkpoint) in plan.items():
+            run("dpo", strategy, here / name, resume=checkpoint)
+    if "reference" in PHASES:
+        reference_check(here / "reference")
+    distributed.barrier()
+
+
+if __name__ == "__main__":
+    main()
