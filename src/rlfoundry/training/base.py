@@ -261,12 +261,14 @@ class Trainer:
         try:
             leftovers = self._claim_output_dir(lock)
             with StopRequest() as stop, exits_as_errors(self._blame, _EXIT_HINT):
-                return self._train(dataset, eval_dataset, stop, leftovers)
-        except Exception as e:  # another rank's process or node went away: say so, not gloo
-            if self.dist.enabled and distributed.is_peer_failure(e):
-                found = ckpt.list_checkpoints(self.output_dir)
-                raise distributed.peer_lost_error(e, self.step, found[-1] if found else None) from e
-            raise
+                try:
+                    return self._train(dataset, eval_dataset, stop, leftovers)
+                except Exception as e:  # another rank's process or node went away: say so
+                    if self.dist.enabled and distributed.is_peer_failure(e):
+                        found = ckpt.list_checkpoints(self.output_dir)
+                        raise distributed.peer_lost_error(e, self.step,
+                                                          found[-1] if found else None) from e
+                    raise
         finally:
             lock.release()
 

@@ -89,7 +89,7 @@ def by_name(positional: dict[str, Any], root: torch.nn.Module, optimizer) -> dic
     """A plain ``optimizer.state_dict()`` (parameters numbered in the order of the optimizer's
     groups) keyed by the parameters' names in ``root`` instead: the layout of
     ``get_optimizer_state_dict(full_state_dict=True)``."""
-    names = {id(p): n for n, p in root.named_parameters(remove_duplicate=False)}
+    names = {id(p): n for n, p in root.named_parameters()}  # a tied weight: its first name
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if len(params) != sum(len(g["params"]) for g in positional["param_groups"]):
         raise ValueError(f"the checkpoint's optimizer holds "
