@@ -164,8 +164,7 @@ def runs(tmp_path_factory):
     out = {}
     out["first2"] = _launch(root, 2, "fresh")
     assert out["first2"][0] == 0, out["first2"][1][-6000:]
-    _plan(root, 3, {"r1_ddp": ("ddp", _step(w1 / "dpo", 2)),
-                    "r1_fsdp2": ("fsdp2", _step(w1 / "dpo", 2)),
+    _plan(root, 3, {"r1_fsdp2": ("fsdp2", _step(w1 / "dpo", 2)),
                     "r2_ddp": ("ddp", _step(w2 / "dpo_ddp", 2)),
                     "r2_fsdp2": ("fsdp2", _step(w2 / "dpo_fsdp2", 2)),
                     "r2f_ddp": ("ddp", _step(w2 / "dpo_fsdp2", 2))})
@@ -175,7 +174,7 @@ def runs(tmp_path_factory):
                     "r1_fsdp2": ("fsdp2", _step(w1 / "dpo", 2))})
     out["second2"] = _launch(root, 2, "resume,kill")
     for name, source in {"r2_fsdp2": _step(w2 / "dpo_fsdp2", 2), "r3_fsdp2": _step(w3 / "dpo_fsdp2", 2),
-                         "r3_ddp": _step(w3 / "dpo_ddp", 2),
+                         "r3_ddp": _step(w3 / "dpo_ddp", 2), "r2_ddp": _step(w2 / "dpo_ddp", 2),
                          "r3_sigterm": _step(w3 / "sigterm", 3)}.items():
         if source.is_dir():
             DPOTrainer(config=config("dpo", w1 / name, "ddp", str(source))).train()
@@ -201,7 +200,7 @@ def test_three_processes_equal_one_in_float64(runs):
 def test_resume_across_world_sizes_and_strategies(runs):
     root, _ = runs
     single = root / "w1" / "dpo"
-    resumed = {"1->3 ddp": "w3/r1_ddp", "1->3 fsdp2": "w3/r1_fsdp2", "2->3 ddp": "w3/r2_ddp",
+    resumed = {"2->1 ddp": "w1/r2_ddp", "1->3 fsdp2": "w3/r1_fsdp2", "2->3 ddp": "w3/r2_ddp",
                "2->3 fsdp2": "w3/r2_fsdp2", "2 fsdp2->3 ddp": "w3/r2f_ddp",
                "3->2 ddp": "w2/r3_ddp", "3->2 fsdp2": "w2/r3_fsdp2", "1->2 fsdp2": "w2/r1_fsdp2",
                "2->1 fsdp2": "w1/r2_fsdp2", "3->1 fsdp2": "w1/r3_fsdp2", "3->1 ddp": "w1/r3_ddp",
@@ -249,3 +248,28 @@ def test_survivor_names_the_lost_rank_instead_of_a_gloo_traceback(runs):
     assert f"the last checkpoint, {_step(root / 'w2' / 'kill', 1)}, is intact" in log
     survivor = [line for line in log.splitlines() if line.startswith("[rank0]")]
     assert not any("Traceback" in line for line in survivor), survivor[-20:]
+
+
+def test_under_torchrun_the_launchers_echo_of_a_stop_signal_is_not_a_second_stop(monkeypatch):
+    """Ctrl-C / a scheduler signals the whole process group: each worker gets the signal and,
+    moments later, torchrun's forwarded copy. That copy must not kill the worker before its
+    checkpoint; a repeat after the echo window still acts at once."""
+    import signal as sig
+
+    from rlfoundry.training.signals import LAUNCHER_ECHO_S, StopRequest
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    now = [100.0]
+    seen = []
+    previous = sig.signal(sig.SIGTERM, lambda s, f: seen.append(s))
+    try:
+        with StopRequest(clock=lambda: now[0]) as stop:
+            os.kill(os.getpid(), sig.SIGTERM)
+            now[0] += 0.5
+            os.kill(os.getpid(), sig.SIGTERM)  # the launcher's copy: swallowed
+            assert stop.signum == sig.SIGTERM and seen == []
+            now[0] += LAUNCHER_ECHO_S
+            os.kill(os.getpid(), sig.SIGTERM)  # a real second signal: the old handler runs
+            assert seen == [sig.SIGTERM]
+    finally:
+        sig.signal(sig.SIGTERM, previous)

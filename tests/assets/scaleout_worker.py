@@ -101,7 +101,7 @@ def main() -> None:
     if "reference" in PHASES:
         reference_check(here / "reference")
     if "sigterm" in PHASES:
-        sys.exit(cli_run("sigterm", "fsdp2", {"RLF_TEST_SIGTERM_AT": "3"}, save_every=0))
+        sys.exit(cli_run("sigterm", "fsdp2", {"RLF_TEST_SIGTERM_AT": "3"}, save_every=None))
     if "kill" in PHASES:
         sys.exit(cli_run("kill", "ddp", {"RLF_TEST_SIGKILL_AT": "1:2"}, save_every=1))
     distributed.barrier()
