@@ -52,7 +52,9 @@ def _run(work: Path, name: str, nproc: int, cfg: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{name} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-6000:]}")
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -86,6 +88,7 @@ def main() -> None:
             results[name] = {**_run(work, name.replace(" ", "_"), nproc, cfg),
                              "nproc": nproc,
                              "rank_state_mb": full / (nproc if strategy == "fsdp2" and nproc > 1 else 1) / 2**20}
+            print(name, json.dumps(results[name]), flush=True)
     base = results["1 process"]["step_s"]
     print(f"builtin:{args.size}, fp32, global batch 8 pairs, {os.cpu_count()} CPUs, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")

@@ -189,6 +189,19 @@ def _fully_shard(root: torch.nn.Module, model: torch.nn.Module) -> list[torch.nn
     for block in blocks:
         fully_shard(block)
     fully_shard(root)
-    for module in [*blocks, root]:  # sum, not average: the loss weights are global shares
-        module.set_gradient_divide_factor(1.0)
+    for module in [*blocks, root]:
+        _sum_not_average(module)
     return blocks
+
+
+def _sum_not_average(module) -> None:
+    """FSDP2: reduce gradients with a plain SUM (the loss weights are already global shares).
+    A divide factor of 1 alone would make fp32/bf16 gradients use NCCL's PREMUL_SUM, which
+    gloo lacks; forcing sum-type reductions keeps every backend on SUM (the division by 1
+    that remains is exact)."""
+    if hasattr(module, "set_force_sum_reduction_for_comms"):
+        module.set_force_sum_reduction_for_comms(True)
+    if hasattr(module, "set_gradient_divide_factor"):
+        module.set_gradient_divide_factor(1.0)
+    else:  # torch < 2.7 named it after the reduce-scatter
+        module.set_reduce_scatter_divide_factor(1.0)
