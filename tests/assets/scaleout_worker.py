@@ -42,23 +42,20 @@ def run(algo: str, strategy: str, out: Path, resume: str | None = None) -> None:
 
 def reference_check(out: Path) -> None:
     """Shard the reference under FSDP2 and compare with an unsharded copy."""
-    from rlfoundry.algorithms.reference import frozen_copy, sequence_logps
+    from rlfoundry.algorithms.reference import sequence_logps
+    from rlfoundry.models import build_policy
 
     trainer = DPOTrainer(config=config("dpo", out, "fsdp2", None, reference_precompute=False,
                                        max_steps=1))
     trainer.train()
     dist = trainer.dist
-    ref = trainer.ref_model
     local = sum(p.to_local().numel() * p.element_size() if hasattr(p, "to_local")
-                else p.numel() * p.element_size() for p in ref.parameters())
-    whole = frozen_copy(trainer.model)  # the same architecture, for its size
-    full = sum(p.numel() * p.element_size() for p in whole.parameters())
-    # the reference's log-probs, sharded vs. a whole copy of the initial weights
-    batch = trainer.collate([0, 1])
-    from rlfoundry.models import build_policy
-
+                else p.numel() * p.element_size() for p in trainer.ref_model.parameters())
+    # an unsharded copy of the initial weights: its size, and the reference log-probs
     initial = build_policy(trainer.config.model, trainer.tokenizer, seed=trainer.config.training.seed)
     initial.eval()
+    full = sum(p.numel() * p.element_size() for p in initial.parameters())
+    batch = trainer.collate([0, 1])
     with torch.no_grad():
         sharded = trainer.reference_logps(batch)
         plain = sequence_logps(initial, batch)
