@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from rlfoundry.errors import ConfigError, RLFoundryError, TrainingInterrupted
+from rlfoundry.errors import ConfigError, PeerLostError, RLFoundryError, TrainingInterrupted
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "dpo_tiny.yaml"
 
@@ -32,10 +32,14 @@ def _train(args) -> int:
     try:
         metrics = trainer.train()
     except TrainingInterrupted as e:
-        if trainer.dist.is_main:
+        if trainer.dist.local_rank == 0:  # one line per node: each node's own torchrun command
             print(f"rlfoundry: stopped at step {e.step}; resume with: {resume_command(args)}",
                   file=sys.stderr)
         return 128 + e.signum  # the shell convention: 130 for SIGINT, 143 for SIGTERM
+    except PeerLostError as e:  # every survivor says it: rank 0 may be the one that is gone
+        print(f"rlfoundry: error: {error_text(e)}\nrlfoundry: resume with: {resume_command(args)}",
+              file=sys.stderr)
+        return 2
     if not trainer.dist.is_main:  # under torchrun rank 0 reports
         return 0
     before, after = trainer.initial_eval, trainer.last_eval
@@ -61,9 +65,14 @@ def demo_notice(cfg) -> str:
             f"every key in docs/configuration.md).")
 
 
-def resume_command(args) -> str:
-    """The command line that continues this run from its newest checkpoint."""
-    words = ["rlfoundry", "train"] + ([args.config] if args.config else [])
+def resume_command(args, argv: list[str] | None = None) -> str:
+    """The command line that continues this run from its newest checkpoint; under torchrun
+    with the launcher and its arguments as they started this process (``argv``: this
+    program's arguments, default ``sys.argv[1:]``)."""
+    from rlfoundry.training.distributed import launcher_words
+
+    launcher = launcher_words(sys.argv[1:] if argv is None else argv)
+    words = (launcher or ["rlfoundry"]) + ["train"] + ([args.config] if args.config else [])
     words += [o for o in args.overrides if not o.startswith("training.resume=")]
     return shlex.join(words + ["training.resume=auto"])
 

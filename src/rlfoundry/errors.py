@@ -51,3 +51,12 @@ class RolloutEngineError(RLFoundryError):
 class EnvironmentStepError(RLFoundryError):
     """A multi-turn environment's ``reset``, ``step`` or ``final_reward`` raised, timed out or
     returned something malformed (message names the sample, the turn and the place)."""
+
+
+class PeerLostError(RLFoundryError):
+    """Under torchrun, another rank's process or node went away mid-run (a collective failed
+    with a closed connection). ``lost`` lists the ranks that did not answer, when known."""
+
+    def __init__(self, message: str, *, lost: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.lost = lost

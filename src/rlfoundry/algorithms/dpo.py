@@ -40,7 +40,7 @@ import torch
 
 from rlfoundry.algorithms.dpo_helpers import DPOSeedHelpers
 from rlfoundry.algorithms.loss_functions import DPOLossFn, LossFunctionRegistry
-from rlfoundry.algorithms.loss_functions.dpo import preference_accuracy
+from rlfoundry.algorithms.loss_functions.dpo import preference_accuracy, tie_tolerance
 from rlfoundry.algorithms.reference import (
     ReferenceTable,
     build_reference,
@@ -78,7 +78,7 @@ def preference_metrics(pc, pr, rc, rr, beta: float) -> dict[str, torch.Tensor]:
             "chosen_rewards_mean": chosen.mean(),
             "rejected_rewards_mean": rejected.mean(),
             "reward_gap": (chosen - rejected).mean(),
-            "accuracy": preference_accuracy(chosen, rejected),
+            "accuracy": preference_accuracy(chosen, rejected, tie_tolerance(pc, pr, rc, rr, beta=beta)),
             "logps_chosen": pc.mean(),
             "logps_rejected": pr.mean(),
         }
@@ -198,8 +198,11 @@ class DPOTrainer(DPOSeedHelpers, Trainer):
             return self.ref_tables[batch["split"]].lookup(batch["index"], self.device)
         if self.ref_model is None:
             return None, None
-        with torch.no_grad():  # through the wrapper: a LoRA reference is the (sharded) policy
-            logps = self.forward_policy(_live_reference_logps, self.ref_model, batch)
+        with torch.no_grad():
+            if isinstance(self.ref_model, torch.nn.Module) and self.engine is not None:
+                logps = self.engine.run_frozen(self.ref_model, sequence_logps, batch)  # FSDP2: sharded
+            else:  # through the wrapper: a LoRA reference is the (sharded) policy
+                logps = self.forward_policy(_live_reference_logps, self.ref_model, batch)
         b = batch["num_sequences"]
         return logps[:b], logps[b:]
 

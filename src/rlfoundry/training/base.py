@@ -8,8 +8,8 @@ precision, checkpoints, resume, logging and data parallelism -- lives here.
 
 Under torchrun every rank draws the same global batch from the seeded sampler and trains on
 its contiguous share. Each micro-batch's loss is weighted by its count (sequences or tokens)
-over the count of the *global* batch (summed across ranks), and DDP/FSDP2 gradient averaging
-is undone by ``loss_scale``, so N ranks apply exactly the single-process update. Metrics are
+over the count of the *global* batch (summed across ranks), and DDP/FSDP2 sum gradients over
+ranks, so N ranks apply exactly the single-process update. Metrics are
 reduced across ranks once per step; only rank 0 writes logs, checkpoints and ``final/``.
 """
 
@@ -40,7 +40,7 @@ from rlfoundry.errors import (
 )
 from rlfoundry.models import load_model, load_tokenizer, prepare_policy
 from rlfoundry.training import checkpoint as ckpt
-from rlfoundry.training import distributed, loss_counters, ownership
+from rlfoundry.training import distributed, loss_counters, ownership, reshard
 from rlfoundry.training.logger import MetricsLogger, NullLogger
 from rlfoundry.training.loss_result import check_loss_signature, checked_loss_result
 from rlfoundry.training.metrics import WeightedMean, nonfinite_keys, split_timings
@@ -217,6 +217,12 @@ class Trainer:
         """Trainable modules besides the policy (heads) that DDP/FSDP2 must synchronise."""
         return []
 
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """Gradient-free models FSDP2 shards like the policy (default: a full-copy reference
+        model in ``self.ref_model``; a LoRA reference is the policy itself)."""
+        ref = getattr(self, "ref_model", None)
+        return [ref] if isinstance(ref, torch.nn.Module) else []
+
     def stand_in_batch(self) -> dict[str, Any]:
         """A micro-batch a rank runs with weight 0 when it has fewer micro-batches than
         another rank this step (every rank must run the same number of forward/backward
@@ -258,7 +264,14 @@ class Trainer:
         try:
             leftovers = self._claim_output_dir(lock)
             with StopRequest() as stop, exits_as_errors(self._blame, _EXIT_HINT):
-                return self._train(dataset, eval_dataset, stop, leftovers)
+                try:
+                    return self._train(dataset, eval_dataset, stop, leftovers)
+                except Exception as e:  # another rank's process or node went away: say so
+                    if self.dist.enabled and distributed.is_peer_failure(e):
+                        found = ckpt.list_checkpoints(self.output_dir)
+                        raise distributed.peer_lost_error(e, self.step,
+                                                          found[-1] if found else None) from e
+                    raise
         finally:
             lock.release()
 
@@ -308,14 +321,16 @@ class Trainer:
         num_examples = self.setup_data(dataset, eval_dataset)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * num_examples / cfg.batch_size))
         self.sampler = EpochSampler(num_examples, cfg.batch_size, cfg.seed)
-        if self.engine is None:  # wrap once, even if train() is called again
-            self.engine = self._wrap_policy()
-        self.optimizer = build_optimizer(self.trainable_parameters(), cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
         if resume_from is not None:
             ownership.check_same_run(resume_from, ckpt.saved_config(resume_from),
                                      self.config.model_dump(mode="json"))
+        if self.engine is None:  # wrap once, even if train() is called again
+            if self.dist.enabled:  # a plain checkpoint resumed under FSDP2: load, then shard
+                reshard.preload_weights(resume_from, self.model, cfg.distributed.strategy)
+            self.engine = self._wrap_policy()
+        self.optimizer = build_optimizer(self.trainable_parameters(), cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         note = self._restore(resume_from) if resume_from is not None else ""
         self.saved_step = self.step if resume_from is not None else None
         if self.dist.is_main:
@@ -383,7 +398,10 @@ class Trainer:
         if self.dist.enabled and strategy == "fsdp2" and self.loss_parameters():
             raise ConfigError("training.distributed.strategy: fsdp2 cannot shard a loss with "
                               "learnable parameters (e.g. scheme: uncertainty); use ddp")
-        return ParallelPolicy(self.model, self.extra_modules(), strategy, self.dist, self.device)
+        engine = ParallelPolicy(self.model, self.extra_modules(), strategy, self.dist, self.device)
+        for module in self.frozen_modules():
+            engine.add_frozen(module)
+        return engine
 
     def _log_eval(self) -> dict[str, float]:
         self.loss_fn = loss_counters.Rewinding(self.loss_fn)  # evaluation does not count as steps
@@ -431,7 +449,7 @@ class Trainer:
             with self.engine.sync_gradients(i == len(batches) - 1):
                 with self.autocast():
                     loss, metrics = self.micro_step(batch)
-                self._backward(loss * (weight * self.engine.loss_scale))
+                self._backward(loss * weight)
             loss_sum = loss_sum + loss.detach() * weight
             acc.add({k: v for k, v in metrics.items() if k != "loss"}, share)
             after_first = after_first or loss_counters.int_state(self.loss_fn)
@@ -487,13 +505,13 @@ class Trainer:
         return list(params()) if callable(params) else []
 
     def _sync_loss_parameters(self) -> None:
-        """Average the loss's own parameters' gradients over ranks (they live outside the
-        DDP wrapper; the per-rank loss scale makes the average the global gradient)."""
+        """Sum the loss's own parameters' gradients over ranks (they live outside the DDP
+        wrapper; each rank's loss is already weighted by its share of the global batch)."""
         if not self.dist.enabled:
             return
         for p in self.loss_parameters():
             if p.grad is not None:
-                p.grad.copy_(distributed.all_reduce_sum(p.grad) / self.dist.world_size)
+                p.grad.copy_(distributed.all_reduce_sum(p.grad))
 
     def _loss_hook(self, name: str, *args) -> None:
         hook = getattr(self.loss_fn, name, None)
@@ -625,11 +643,8 @@ class Trainer:
     def _restore(self, path: Path) -> str:
         """Load checkpoint ``path`` into the model, optimizer and loop state; return a note
         for the log ('' unless the per-rank RNG streams had to be re-seeded)."""
-        if self.engine.sharded:
-            state = ckpt.load_sharded_checkpoint(path, self.engine.root, self.optimizer)
-        else:
-            state = ckpt.load_checkpoint(path, self.model)
-        try:
+        try:  # any world size and strategy (see reshard)
+            state = reshard.restore(path, self.engine, self.model, self.optimizer)
             return self._load_loop_state(state)
         except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
             raise CheckpointError(  # the config matched (checked before), so the data or the file changed
@@ -640,8 +655,6 @@ class Trainer:
 
     def _load_loop_state(self, state: dict[str, Any]) -> str:
         ckpt.check_finite_settings(state)
-        if not self.engine.sharded:
-            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])

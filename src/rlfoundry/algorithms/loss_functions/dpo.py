@@ -38,12 +38,28 @@ from rlfoundry.ops.logprobs import logprobs_from_logits
 from rlfoundry.registry import did_you_mean
 
 
-def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    """Fraction of pairs whose chosen reward is higher; ties count one half (so an untrained
-    policy, whose rewards are all 0, scores 0.5 rather than 0)."""
-    wins = (chosen_rewards > rejected_rewards).double()
-    ties = (chosen_rewards == rejected_rewards).double()
+def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                        atol: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Fraction of pairs whose chosen reward is higher; ties (``|chosen - rejected| <= atol``,
+    per pair or for all) count one half, so an untrained policy, whose rewards are all 0 up
+    to rounding, scores 0.5 rather than 0 or 1."""
+    margin = chosen_rewards - rejected_rewards
+    ties = (margin.abs() <= atol).double()
+    wins = (margin > 0).double() * (1 - ties)
     return (wins + 0.5 * ties).mean().to(chosen_rewards.dtype)
+
+
+TIE_EPS = 64  # margins within this many machine epsilons of the log-probs' size are ties
+
+
+def tie_tolerance(*logps: torch.Tensor | None, beta: float) -> torch.Tensor:
+    """Per pair, the implicit-reward margin that rounding alone can produce: ``beta x TIE_EPS
+    x eps(dtype) x (sum of |log-probs| of the pair)``. The policy and the reference compute
+    the same log-prob in different batches, shards or kernels, so at step 1 (policy equal to
+    reference) their rewards differ by ~1e-15 (float64) rather than being exactly 0."""
+    present = [t for t in logps if t is not None]
+    size = sum(t.detach().abs() for t in present)
+    return abs(beta) * TIE_EPS * torch.finfo(present[0].dtype).eps * size
 
 
 class DPOLossConfig(TypedDict, total=False):
