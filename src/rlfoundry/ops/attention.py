@@ -103,6 +103,9 @@ def plan_attention(model, requested: str, device: torch.device, *, multi_complet
         return AttentionPlan("dense", f"attention '{impl}' is not one rlfoundry can swap")
     if requested == "sdpa":
         return AttentionPlan("dense", "model.attention = sdpa")
+    if getattr(model, "is_gradient_checkpointing", False):  # the backward recomputes layers
+        # after the packed forward has restored the model's own attention: both must match
+        return AttentionPlan("dense", "gradient checkpointing recomputes outside the packed forward")
     if device.type == "cuda" and flex_available():
         can_compile = _compile_works(device) if compile is None else compile
         if can_compile or requested == "flex":
