@@ -194,6 +194,44 @@ def test_reward_errors_name_the_option(tmp_path, tokenizer):
             "data": {"train": "builtin:sort"}})
 
 
+# ---------------------------------------------------------------- hard negatives
+
+
+def test_sort_preferences_hard_negatives_are_ascending_with_the_wrong_letters():
+    from rlfoundry.data.synthetic import make_sort_preferences
+
+    kinds = ["repeat", "drop", "foreign"]
+    for kind in kinds:
+        rows = make_sort_preferences(40, seed=1, num_letters=(3, 5), negatives=[kind])
+        for r in rows:
+            letters, chosen, got = r["prompt"].split()[1:], r["chosen"].split(), r["rejected"].split()
+            assert chosen == sorted(letters) and got == sorted(got) and got != chosen, (kind, r)
+            if kind == "drop":
+                assert len(got) == len(letters) - 1 and set(got) < set(letters), r
+            elif kind == "repeat":
+                assert len(got) == len(letters) and len(set(got)) == len(letters) - 1, r
+                assert set(got) < set(letters), r
+            else:
+                assert len(got) == len(letters) and len(set(got) - set(letters)) == 1, r
+    mixed = make_sort_preferences(200, seed=2, num_letters=(3, 3), negatives=["order", *kinds])
+    shapes = {("order" if sorted(r["rejected"].split()) == r["chosen"].split() else
+               "drop" if len(r["rejected"].split()) == 2 else
+               "repeat" if len(set(r["rejected"].split())) == 2 else "foreign") for r in mixed}
+    assert shapes == {"order", *kinds}
+    assert mixed == make_sort_preferences(200, seed=2, num_letters=(3, 3), negatives=["order", *kinds])
+
+
+def test_sort_preferences_negatives_are_checked():
+    from rlfoundry.data.synthetic import make_sort_preferences
+
+    with pytest.raises(ConfigError, match="unknown negative kind 'reapet'.*repeat"):
+        make_sort_preferences(4, negatives=["order", "reapet"])
+    with pytest.raises(ConfigError, match="non-empty list"):
+        make_sort_preferences(4, negatives=[])
+    with pytest.raises(ConfigError, match="non-empty list"):
+        make_sort_preferences(4, negatives="order")
+
+
 # ---------------------------------------------------------------- the demo
 
 
