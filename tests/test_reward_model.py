@@ -221,6 +221,22 @@ def test_sort_preferences_hard_negatives_are_ascending_with_the_wrong_letters():
     assert mixed == make_sort_preferences(200, seed=2, num_letters=(3, 3), negatives=["order", *kinds])
 
 
+def test_sort_alphabet_limits_every_letter_including_foreign_ones():
+    from rlfoundry.data.synthetic import make_sort_preferences, make_sort_prompts, make_sort_sft
+
+    rows = make_sort_preferences(20, seed=0, num_letters=(3, 3), alphabet=6, negatives=["foreign"])
+    assert {c for r in rows for c in (r["prompt"] + r["chosen"] + r["rejected"])[6:]
+            if c.isalpha()} <= set("abcdef")
+    assert all(set(r["completion"].replace(" ", "")) <= set("abcdef")
+               for r in make_sort_sft(20, num_letters=(3, 3), alphabet=6, noise=0.5))
+    with pytest.raises(ConfigError, match="cannot draw 30 distinct"):  # C(6, 3) = 20 sets
+        make_sort_prompts(30, num_letters=(3, 3), alphabet=6)
+    with pytest.raises(ConfigError, match="low <= high <= alphabet"):
+        make_sort_preferences(4, num_letters=(3, 5), alphabet=4)
+    with pytest.raises(ConfigError, match="'foreign' needs a letter outside"):
+        make_sort_preferences(4, num_letters=(3, 4), alphabet=4, negatives=["foreign"])
+
+
 def test_sort_preferences_negatives_are_checked():
     from rlfoundry.data.synthetic import make_sort_preferences
 

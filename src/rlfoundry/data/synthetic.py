@@ -70,7 +70,7 @@ def _collect(
 NEGATIVES = ("order", "repeat", "drop", "foreign")
 
 
-def _negative(rng: random.Random, letters: list[str], kind: str) -> list[str]:
+def _negative(rng: random.Random, letters: list[str], kind: str, alphabet: str) -> list[str]:
     """A wrong answer for ``letters`` of the given ``kind``: ``order`` (the same letters, not
     ascending), ``repeat`` (one letter written twice in place of another), ``drop`` (one
     letter left out) or ``foreign`` (one letter replaced by one not in the prompt). Except
@@ -90,11 +90,11 @@ def _negative(rng: random.Random, letters: list[str], kind: str) -> list[str]:
     if kind == "repeat":
         j = rng.choice([k for k in range(len(answer)) if k != i])
         return sorted(answer[:i] + [answer[j]] + answer[i + 1:])
-    outside = [c for c in string.ascii_lowercase if c not in letters]
+    outside = [c for c in alphabet if c not in letters]
     return sorted(answer[:i] + [rng.choice(outside)] + answer[i + 1:])
 
 
-def _check_negatives(negatives: Sequence[str], most: int) -> tuple[str, ...]:
+def _check_negatives(negatives: Sequence[str], most: int, alphabet: int) -> tuple[str, ...]:
     if isinstance(negatives, str) or not negatives:
         raise ConfigError(f"negatives must be a non-empty list drawn from {', '.join(NEGATIVES)}, "
                           f"got {negatives!r}")
@@ -102,35 +102,41 @@ def _check_negatives(negatives: Sequence[str], most: int) -> tuple[str, ...]:
         if kind not in NEGATIVES:
             raise ConfigError(f"unknown negative kind '{kind}'{did_you_mean(str(kind), NEGATIVES)}; "
                               f"choose from {', '.join(NEGATIVES)}")
-    if most == 26 and "foreign" in negatives:
-        raise ConfigError("negatives: 'foreign' needs a letter outside the prompt; use num_letters < 26")
+    if most == alphabet and "foreign" in negatives:
+        raise ConfigError(f"negatives: 'foreign' needs a letter outside the prompt; use num_letters "
+                          f"< alphabet ({alphabet})")
     return tuple(negatives)
 
 
 def make_sort_preferences(
     n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None,
-    negatives: Sequence[str] = ("order",),
+    negatives: Sequence[str] = ("order",), alphabet: int = 26,
 ) -> list[dict[str, Any]]:
     """``n`` letter-sorting preference rows with ``num_letters[0]..num_letters[1]`` distinct
-    letters each; the chosen answer is ascending. The rejected one is of a kind drawn
+    letters each, drawn from the first ``alphabet`` lowercase letters; the chosen answer is
+    ascending. The rejected one is of a kind drawn
     uniformly from ``negatives`` (see :func:`_negative`); the default, ``("order",)``, is
     another order of the same letters. Hard negatives (``repeat``, ``drop``, ``foreign``)
     teach a reward model that an ascending answer with the wrong letters is still wrong."""
     lo, hi = num_letters
-    if not 2 <= lo <= hi <= 26:
-        raise ConfigError(f"num_letters must satisfy 2 <= low <= high <= 26, got {num_letters}")
-    kinds = _check_negatives(negatives, hi)
+    if not 2 <= alphabet <= 26:
+        raise ConfigError(f"alphabet must be in 2..26 (letters a..z used), got {alphabet}")
+    if not 2 <= lo <= hi <= alphabet:
+        raise ConfigError(f"num_letters must satisfy 2 <= low <= high <= alphabet ({alphabet}), "
+                          f"got {num_letters}")
+    kinds = _check_negatives(negatives, hi, alphabet)
+    pool = string.ascii_lowercase[:alphabet]
     rng = random.Random(seed)
 
     def draw() -> Iterator[tuple[str, dict[str, Any]]]:
         while True:
-            letters = rng.sample(string.ascii_lowercase, rng.randint(lo, hi))
+            letters = rng.sample(pool, rng.randint(lo, hi))
             # One kind draws nothing extra, so the default stream is what it always was.
             kind = kinds[0] if len(kinds) == 1 else rng.choice(kinds)
             row = {
                 "prompt": f"sort: {' '.join(letters)}\n",
                 "chosen": " ".join(sorted(letters)),
-                "rejected": " ".join(_negative(rng, letters, kind)),
+                "rejected": " ".join(_negative(rng, letters, kind, pool)),
             }
             # Keyed by the letter set, so eval never shows a set seen in training.
             yield "".join(sorted(letters)), row
@@ -167,17 +173,18 @@ def make_addition_sft(
 
 
 def make_sort_prompts(
-    n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None
+    n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None,
+    alphabet: int = 26,
 ) -> list[dict[str, Any]]:
     """``n`` rows ``{"prompt": "sort: q d m a\\n", "answer": "a d m q"}`` (GRPO, exact match);
     the same problems (and train/eval split) as :func:`make_sort_preferences`."""
-    rows = make_sort_preferences(n, seed, num_letters, split)
+    rows = make_sort_preferences(n, seed, num_letters, split, alphabet=alphabet)
     return [{"prompt": r["prompt"], "answer": r["chosen"]} for r in rows]
 
 
 def make_sort_sft(
     n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None,
-    noise: float = 0.0, negatives: Sequence[str] = ("order",),
+    noise: float = 0.0, negatives: Sequence[str] = ("order",), alphabet: int = 26,
 ) -> list[dict[str, Any]]:
     """``n`` rows ``{"prompt", "completion"}`` for sorting; a fraction ``noise`` of them has a
     wrong completion (of a kind drawn from ``negatives``, as in
@@ -185,7 +192,7 @@ def make_sort_sft(
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be in [0, 1], got {noise}")
     rng = random.Random(seed + 7919)
-    rows = make_sort_preferences(n, seed, num_letters, split, negatives)
+    rows = make_sort_preferences(n, seed, num_letters, split, negatives, alphabet)
     return [{"prompt": r["prompt"], "completion": r["rejected"] if rng.random() < noise else r["chosen"]}
             for r in rows]
 
