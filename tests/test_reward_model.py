@@ -263,17 +263,18 @@ def test_sortedness_measures_the_answer_not_the_reward_model():
 
 @pytest.mark.slow
 def test_reward_model_demo_end_to_end(tmp_path):
-    """The demo, shortened: the RM ranks held-out pairs, GRPO with the RM as its only reward
-    raises the RM's score of held-out greedy answers, and sortedness is measured on those
-    answers independently of the RM (with this tiny policy it does NOT rise: the RM is gamed,
-    see docs/reward_models.md, so no rise is asserted)."""
+    """The demo, shortened (SFT 120 steps instead of 800): the RM, trained with hard negatives,
+    ranks held-out pairs; GRPO with the RM as its only reward raises the RM's score of held-out
+    greedy answers; sortedness is measured on those answers independently of the RM. With this
+    tiny policy and RM the measured sortedness does NOT reliably rise (the RM is still gamed,
+    docs/reward_models.md), so no rise is asserted."""
     from rlfoundry.reward_model_demo import run_demo
 
     summary = run_demo(tmp_path / "demo", overrides=[
-        "rm.training.max_steps=24", "sft.training.max_steps=120", "sft.training.eval_every=120",
-        "grpo.training.max_steps=15", "grpo.training.eval_every=15", "grpo.data.eval_size=64"],
+        "sft.training.max_steps=120", "sft.training.eval_every=120",
+        "grpo.training.max_steps=15", "grpo.training.eval_every=15"],
         progress=False, log=lambda *_: None)
-    assert summary["rm"]["accuracy"] > 0.8
+    assert summary["rm"]["accuracy"] > 0.75, summary["rm"]  # 0.83-0.90 measured, 3 seeds
     assert summary["rm_reward_mean"]["after"] > summary["rm_reward_mean"]["before"] + 0.3, summary
     for side in ("before", "after"):
         measured = summary["sortedness"][side]
