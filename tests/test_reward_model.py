@@ -194,6 +194,60 @@ def test_reward_errors_name_the_option(tmp_path, tokenizer):
             "data": {"train": "builtin:sort"}})
 
 
+# ---------------------------------------------------------------- hard negatives
+
+
+def test_sort_preferences_hard_negatives_are_ascending_with_the_wrong_letters():
+    from rlfoundry.data.synthetic import make_sort_preferences
+
+    kinds = ["repeat", "drop", "foreign"]
+    for kind in kinds:
+        rows = make_sort_preferences(40, seed=1, num_letters=(3, 5), negatives=[kind])
+        for r in rows:
+            letters, chosen, got = r["prompt"].split()[1:], r["chosen"].split(), r["rejected"].split()
+            assert chosen == sorted(letters) and got == sorted(got) and got != chosen, (kind, r)
+            if kind == "drop":
+                assert len(got) == len(letters) - 1 and set(got) < set(letters), r
+            elif kind == "repeat":
+                assert len(got) == len(letters) and len(set(got)) == len(letters) - 1, r
+                assert set(got) < set(letters), r
+            else:
+                assert len(got) == len(letters) and len(set(got) - set(letters)) == 1, r
+    mixed = make_sort_preferences(200, seed=2, num_letters=(3, 3), negatives=["order", *kinds])
+    shapes = {("order" if sorted(r["rejected"].split()) == r["chosen"].split() else
+               "drop" if len(r["rejected"].split()) == 2 else
+               "repeat" if len(set(r["rejected"].split())) == 2 else "foreign") for r in mixed}
+    assert shapes == {"order", *kinds}
+    assert mixed == make_sort_preferences(200, seed=2, num_letters=(3, 3), negatives=["order", *kinds])
+
+
+def test_sort_alphabet_limits_every_letter_including_foreign_ones():
+    from rlfoundry.data.synthetic import make_sort_preferences, make_sort_prompts, make_sort_sft
+
+    rows = make_sort_preferences(20, seed=0, num_letters=(3, 3), alphabet=6, negatives=["foreign"])
+    assert {c for r in rows for c in (r["prompt"] + r["chosen"] + r["rejected"])[6:]
+            if c.isalpha()} <= set("abcdef")
+    assert all(set(r["completion"].replace(" ", "")) <= set("abcdef")
+               for r in make_sort_sft(20, num_letters=(3, 3), alphabet=6, noise=0.5))
+    with pytest.raises(ConfigError, match="cannot draw 30 distinct"):  # C(6, 3) = 20 sets
+        make_sort_prompts(30, num_letters=(3, 3), alphabet=6)
+    with pytest.raises(ConfigError, match="low <= high <= alphabet"):
+        make_sort_preferences(4, num_letters=(3, 5), alphabet=4)
+    with pytest.raises(ConfigError, match="'foreign' needs a letter outside"):
+        make_sort_preferences(4, num_letters=(3, 4), alphabet=4, negatives=["foreign"])
+
+
+def test_sort_preferences_negatives_are_checked():
+    from rlfoundry.data.synthetic import make_sort_preferences
+
+    with pytest.raises(ConfigError, match="unknown negative kind 'reapet'.*repeat"):
+        make_sort_preferences(4, negatives=["order", "reapet"])
+    with pytest.raises(ConfigError, match="non-empty list"):
+        make_sort_preferences(4, negatives=[])
+    with pytest.raises(ConfigError, match="non-empty list"):
+        make_sort_preferences(4, negatives="order")
+
+
 # ---------------------------------------------------------------- the demo
 
 
@@ -209,17 +263,18 @@ def test_sortedness_measures_the_answer_not_the_reward_model():
 
 @pytest.mark.slow
 def test_reward_model_demo_end_to_end(tmp_path):
-    """The demo, shortened: the RM ranks held-out pairs, GRPO with the RM as its only reward
-    raises the RM's score of held-out greedy answers, and sortedness is measured on those
-    answers independently of the RM (with this tiny policy it does NOT rise: the RM is gamed,
-    see docs/reward_models.md, so no rise is asserted)."""
+    """The demo, shortened (SFT 120 steps instead of 800): the RM, trained with hard negatives,
+    ranks held-out pairs; GRPO with the RM as its only reward raises the RM's score of held-out
+    greedy answers; sortedness is measured on those answers independently of the RM. With this
+    tiny policy and RM the measured sortedness does NOT reliably rise (the RM is still gamed,
+    docs/reward_models.md), so no rise is asserted."""
     from rlfoundry.reward_model_demo import run_demo
 
     summary = run_demo(tmp_path / "demo", overrides=[
-        "rm.training.max_steps=24", "sft.training.max_steps=120", "sft.training.eval_every=120",
-        "grpo.training.max_steps=15", "grpo.training.eval_every=15", "grpo.data.eval_size=64"],
+        "sft.training.max_steps=120", "sft.training.eval_every=120",
+        "grpo.training.max_steps=15", "grpo.training.eval_every=15"],
         progress=False, log=lambda *_: None)
-    assert summary["rm"]["accuracy"] > 0.8
+    assert summary["rm"]["accuracy"] > 0.75, summary["rm"]  # 0.83-0.90 measured, 3 seeds
     assert summary["rm_reward_mean"]["after"] > summary["rm_reward_mean"]["before"] + 0.3, summary
     for side in ("before", "after"):
         measured = summary["sortedness"][side]

@@ -2,9 +2,10 @@
 GRPO reward (docs/reward_models.md).
 
 1. ``rm``: a Bradley-Terry reward model (``algorithm.name: reward_model``) on the built-in sort
-   preferences (sorted letters chosen, another order rejected), from the tiny random-init
-   model with a scalar head; its held-out pair accuracy is reported.
-2. ``sft``: a warm start on sorting demonstrations of which 30% are wrong (another order).
+   preferences (3 of 16 letters; sorted letters chosen; rejected: another order, or an
+   ascending answer that repeats, drops or invents a letter), from the tiny random-init model
+   with a scalar head; its held-out pair accuracy is reported.
+2. ``sft``: a warm start on sorting demonstrations of which 20% are wrong (another order).
 3. ``grpo``: GRPO on sort prompts whose only reward is the stage-1 model
    (``rewards: [{name: reward_model, args: {path: <rm>/final}}]``).
 
@@ -14,8 +15,8 @@ of adjacent letters of the answer in ascending order: held-out sortedness), ``ex
 answer is the prompt's letters sorted) and ``kept`` (the answer is a permutation of the
 prompt's letters, which tells a policy that sorts from one that games the reward model). The stage configs are package recipes
 (``rlfoundry/recipes/reward_model_*.yaml``); ``output_dir`` gets one run directory per stage
-and ``summary.json``. The figures measured so far (docs/reward_models.md) show reward
-hacking: the RM's score rises while measured sortedness falls.
+and ``summary.json``. The figures measured so far (docs/reward_models.md) still show reward
+hacking: the RM's score rises while the measured exact-sorted rate falls.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 * ``sort_preferences``: ``{"prompt": "sort: q d m a\\n", "chosen": "a d m q",
   "rejected": "d a q m"}``: sort distinct lowercase letters; the rejected answer is the
-  same letters in another (never ascending) order.
+  same letters in another (never ascending) order, or with ``negatives`` also an ascending
+  answer that repeats, drops or invents a letter.
 * ``addition``: ``{"prompt": "12+7=", "answer": "19"}`` prompts for GRPO with a checkable
   answer. ``addition_sft``: ``{"prompt": "12+7=", "completion": "19"}``.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import random
 import string
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rlfoundry.errors import ConfigError
@@ -66,33 +67,79 @@ def _collect(
     return rows
 
 
+NEGATIVES = ("order", "repeat", "drop", "foreign")
+
+
+def _negative(rng: random.Random, letters: list[str], kind: str, alphabet: str) -> list[str]:
+    """A wrong answer for ``letters`` of the given ``kind``: ``order`` (the same letters, not
+    ascending), ``repeat`` (one letter written twice in place of another), ``drop`` (one
+    letter left out) or ``foreign`` (one letter replaced by one not in the prompt). Except
+    for ``order``, the answer is ascending, so only the letters give it away."""
+    answer = sorted(letters)
+    if kind == "order":
+        wrong = list(letters)  # the prompt's order half of the time, else a shuffle
+        if wrong == answer or rng.random() < 0.5:
+            while True:
+                rng.shuffle(wrong)
+                if wrong != answer:
+                    break
+        return wrong
+    i = rng.randrange(len(answer))
+    if kind == "drop":
+        return answer[:i] + answer[i + 1:]
+    if kind == "repeat":
+        j = rng.choice([k for k in range(len(answer)) if k != i])
+        return sorted(answer[:i] + [answer[j]] + answer[i + 1:])
+    outside = [c for c in alphabet if c not in letters]
+    return sorted(answer[:i] + [rng.choice(outside)] + answer[i + 1:])
+
+
+def _check_negatives(negatives: Sequence[str], most: int, alphabet: int) -> tuple[str, ...]:
+    if isinstance(negatives, str) or not negatives:
+        raise ConfigError(f"negatives must be a non-empty list drawn from {', '.join(NEGATIVES)}, "
+                          f"got {negatives!r}")
+    for kind in negatives:
+        if kind not in NEGATIVES:
+            raise ConfigError(f"unknown negative kind '{kind}'{did_you_mean(str(kind), NEGATIVES)}; "
+                              f"choose from {', '.join(NEGATIVES)}")
+    if most == alphabet and "foreign" in negatives:
+        raise ConfigError(f"negatives: 'foreign' needs a letter outside the prompt; use num_letters "
+                          f"< alphabet ({alphabet})")
+    return tuple(negatives)
+
+
 def make_sort_preferences(
-    n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None
+    n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None,
+    negatives: Sequence[str] = ("order",), alphabet: int = 26,
 ) -> list[dict[str, Any]]:
     """``n`` letter-sorting preference rows with ``num_letters[0]..num_letters[1]`` distinct
-    letters each; the chosen answer is ascending, the rejected one any other order."""
+    letters each, drawn from the first ``alphabet`` lowercase letters; the chosen answer is
+    ascending. The rejected one is of a kind drawn
+    uniformly from ``negatives`` (see :func:`_negative`); the default, ``("order",)``, is
+    another order of the same letters. Hard negatives (``repeat``, ``drop``, ``foreign``)
+    teach a reward model that an ascending answer with the wrong letters is still wrong."""
     lo, hi = num_letters
-    if not 2 <= lo <= hi <= 26:
-        raise ConfigError(f"num_letters must satisfy 2 <= low <= high <= 26, got {num_letters}")
+    if not 2 <= alphabet <= 26:
+        raise ConfigError(f"alphabet must be in 2..26 (letters a..z used), got {alphabet}")
+    if not 2 <= lo <= hi <= alphabet:
+        raise ConfigError(f"num_letters must satisfy 2 <= low <= high <= alphabet ({alphabet}), "
+                          f"got {num_letters}")
+    kinds = _check_negatives(negatives, hi, alphabet)
+    pool = string.ascii_lowercase[:alphabet]
     rng = random.Random(seed)
 
     def draw() -> Iterator[tuple[str, dict[str, Any]]]:
         while True:
-            letters = rng.sample(string.ascii_lowercase, rng.randint(lo, hi))
-            answer = sorted(letters)
-            wrong = list(letters)  # the prompt's order half of the time, else a shuffle
-            if wrong == answer or rng.random() < 0.5:
-                while True:
-                    rng.shuffle(wrong)
-                    if wrong != answer:
-                        break
+            letters = rng.sample(pool, rng.randint(lo, hi))
+            # One kind draws nothing extra, so the default stream is what it always was.
+            kind = kinds[0] if len(kinds) == 1 else rng.choice(kinds)
             row = {
                 "prompt": f"sort: {' '.join(letters)}\n",
-                "chosen": " ".join(answer),
-                "rejected": " ".join(wrong),
+                "chosen": " ".join(sorted(letters)),
+                "rejected": " ".join(_negative(rng, letters, kind, pool)),
             }
             # Keyed by the letter set, so eval never shows a set seen in training.
-            yield "".join(answer), row
+            yield "".join(sorted(letters)), row
 
     return _collect(n, draw(), split, "sort_preferences")
 
@@ -126,24 +173,26 @@ def make_addition_sft(
 
 
 def make_sort_prompts(
-    n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None
+    n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None,
+    alphabet: int = 26,
 ) -> list[dict[str, Any]]:
     """``n`` rows ``{"prompt": "sort: q d m a\\n", "answer": "a d m q"}`` (GRPO, exact match);
     the same problems (and train/eval split) as :func:`make_sort_preferences`."""
-    rows = make_sort_preferences(n, seed, num_letters, split)
+    rows = make_sort_preferences(n, seed, num_letters, split, alphabet=alphabet)
     return [{"prompt": r["prompt"], "answer": r["chosen"]} for r in rows]
 
 
 def make_sort_sft(
     n: int, seed: int = 0, num_letters: tuple[int, int] = (4, 6), split: str | None = None,
-    noise: float = 0.0,
+    noise: float = 0.0, negatives: Sequence[str] = ("order",), alphabet: int = 26,
 ) -> list[dict[str, Any]]:
     """``n`` rows ``{"prompt", "completion"}`` for sorting; a fraction ``noise`` of them has a
-    wrong (unsorted) completion, as imperfect demonstration data that RL can then correct."""
+    wrong completion (of a kind drawn from ``negatives``, as in
+    :func:`make_sort_preferences`), as imperfect demonstration data that RL can then correct."""
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be in [0, 1], got {noise}")
     rng = random.Random(seed + 7919)
-    rows = make_sort_preferences(n, seed, num_letters, split)
+    rows = make_sort_preferences(n, seed, num_letters, split, negatives, alphabet)
     return [{"prompt": r["prompt"], "completion": r["rejected"] if rng.random() < noise else r["chosen"]}
             for r in rows]
 
