@@ -81,12 +81,17 @@ def calculator_schemas() -> list[dict[str, Any]]:
 
 def make_tool_modulo_sft(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
                          split: str | None = None, noise: float = 0.0,
-                         tools: bool = True) -> list[dict[str, Any]]:
+                         tools: bool = True, answer_repeats: int = 1) -> list[dict[str, Any]]:
     """``n`` SFT rows (``prompt``, ``completion``, ``tools``) of the tool task; see the
-    module docs (``noise``: the fraction of wrong demonstrations)."""
+    module docs (``noise``: the fraction of wrong demonstrations). ``answer_repeats``: each
+    answer row appears this many times, so its one-digit target is not drowned by the
+    ~70-token call rows in a token-averaged loss."""
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be in [0, 1], got {noise}")
-    problems = make_tool_modulo((n + 1) // 2 if tools else n, seed, low, high, split)
+    if answer_repeats < 1:
+        raise ConfigError(f"answer_repeats must be >= 1, got {answer_repeats}")
+    per_problem = 1 + answer_repeats if tools else 1
+    problems = make_tool_modulo(-(-n // per_problem), seed, low, high, split)
     rng = random.Random(seed + 7919)
     schemas = calculator_schemas() if tools else None
     rows: list[dict[str, Any]] = []
@@ -99,7 +104,7 @@ def make_tool_modulo_sft(n: int, seed: int = 0, low: int = 1000, high: int = 499
             continue
         call = tool_call_text(p["expression"])
         rows.append({"prompt": user, "completion": call, "tools": schemas})
-        rows.append({"prompt": [*user, {"role": "assistant", "content": call},
-                                {"role": "tool", "name": TOOL, "content": p["answer"]}],
-                     "completion": answer, "tools": schemas})
+        rows += [{"prompt": [*user, {"role": "assistant", "content": call},
+                                 {"role": "tool", "name": TOOL, "content": p["answer"]}],
+                  "completion": answer, "tools": schemas}] * answer_repeats
     return rows[:n]
