@@ -14,7 +14,7 @@ FAST_GAIN = ["sft_tools.training.max_steps=60", "sft_tools.training.eval_every=6
 @pytest.mark.slow
 @pytest.mark.skip(reason="the tool task's gain is not measured yet (docs/environments.md, 'A task "
                   "where tools help': the SFT start did not learn the answer turn in 100 steps; "
-                  "answer_repeats is untested); remove this mark once the table is measured")
+                  "nor with answer_repeats 4); remove this mark once the table is measured")
 def test_tools_help_after_grpo(tmp_path):
     from rlfoundry.tool_task import run_tool_task
 
