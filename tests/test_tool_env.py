@@ -91,10 +91,11 @@ def test_sft_rows_render_like_the_episode_they_teach(tokenizer):
     from rlfoundry.data.prompts import tokenize_prompt
     from rlfoundry.data.synthetic import builtin_dataset
 
-    rows = builtin_dataset("tool_addition_sft", "train", 4, noise=0.0)
+    rows = builtin_dataset("tool_modulo_sft", "train", 4, noise=0.0)
     env = ToolEnvironment()
     first, answer = PromptDataset.from_rows(rows[:2])
-    state = env.reset({"prompt": rows[0]["prompt"], "answer": None})
+    problem = builtin_dataset("tool_modulo", "train", 1)[0]
+    state = env.reset({"prompt": rows[0]["prompt"], "answer": None, "variables": problem["variables"]})
     conversation = [*state.messages, {"role": "assistant", "content": rows[0]["completion"]},
                     *env.step(state.state, rows[0]["completion"]).observation]
     expect = tokenizer.apply_chat_template(conversation, tools=env.tools, tokenize=False,
@@ -102,19 +103,27 @@ def test_sft_rows_render_like_the_episode_they_teach(tokenizer):
     assert tokenizer.decode(tokenize_prompt(tokenizer, answer)) == expect
     assert rows[1]["completion"] == conversation[-1]["content"]  # noise 0: the tool's result
     assert tokenizer.decode(tokenize_prompt(tokenizer, first)).startswith("<|system|>tools: calculator")
-    direct = builtin_dataset("tool_addition_sft", "train", 2, tools=False)
+    direct = builtin_dataset("tool_modulo_sft", "train", 2, tools=False)
     assert "tools" not in direct[0] and direct[0]["completion"].isdigit()
-    noisy = builtin_dataset("tool_addition_sft", "train", 400, noise=0.6)
+    noisy = builtin_dataset("tool_modulo_sft", "train", 400, noise=0.6)
     wrong = [r for r in noisy[1::2] if r["completion"] != r["prompt"][-1]["content"]]
     assert 0.45 < len(wrong) / 200 < 0.75
 
 
-def test_tool_addition_has_disjoint_splits():
+def test_tool_modulo_has_disjoint_splits_and_the_calculator_answers_it():
     from rlfoundry.data.synthetic import builtin_dataset
+    from rlfoundry.data.tool_arith import tool_call_text
 
-    train = {r["prompt"][0]["content"] for r in builtin_dataset("tool_addition", "train", 500)}
-    held = {r["prompt"][0]["content"] for r in builtin_dataset("tool_addition", "eval", 100)}
+    train = {r["prompt"][0]["content"] for r in builtin_dataset("tool_modulo", "train", 500)}
+    held = {r["prompt"][0]["content"] for r in builtin_dataset("tool_modulo", "eval", 100)}
     assert not train & held
-    row = builtin_dataset("tool_addition", "eval", 1)[0]
-    a, b = row["prompt"][0]["content"].rstrip("=").split("+")
-    assert 1000 <= int(a) <= 4999 and len(row["answer"]) == 4 and int(row["answer"]) == int(a) + int(b)
+    env = ToolEnvironment()
+    for row in builtin_dataset("tool_modulo", "eval", 20):
+        a, b = row["variables"]["a"], row["variables"]["b"]
+        assert 1000 <= a <= 4999 and row["prompt"][0]["content"].startswith(f"a = {a}, b = {b}. What is")
+        state = env.reset(row)
+        told = env.step(state.state, tool_call_text(row["expression"])).observation[0]["content"]
+        assert told == row["answer"] and len(told) == 1  # the tool computes the answer from the row
+        assert env.step(state.state, told).reward == 1.0
+    unbound = env.step(env.reset({"prompt": "x", "answer": "1"}).state, tool_call_text("a % 7"))
+    assert "unknown name 'a'" in unbound.observation[0]["content"]

@@ -9,7 +9,7 @@ import pytest
 
 from rlfoundry.environments import TOOLS, ToolCall, register_tool, run_tool_call
 from rlfoundry.environments.builtin_tools import calculator
-from rlfoundry.environments.tools import make_tool, resolve_tools
+from rlfoundry.environments.tools import ToolFailure, make_tool, resolve_tools
 from rlfoundry.errors import ConfigError
 
 
@@ -91,8 +91,8 @@ def test_calculator_computes(expression, value):
     ("(1).__class__", "attribute access"),
     ("().__class__.__bases__[0].__subclasses__()", "not allowed"),
     ("__import__('os').system('echo pwned')", "function calls"),
-    ("x+1", "names"),
-    ("open", "names"),
+    ("x+1", "unknown name 'x'"),
+    ("open", "unknown name 'open'"),
     ("'a'*10", "only numbers"),
     ("True+1", "only numbers"),
     ("[1]*10**9", "List"),
@@ -109,6 +109,18 @@ def test_calculator_refuses_attacks_quickly_with_a_reason(expression, expect):
     assert result.reason == "raised" and expect in result.text, result
     assert result.text.startswith("error: calculator: ")
     assert time.perf_counter() - start < 1.0
+
+
+def test_calculator_uses_only_the_variables_bound_for_the_problem():
+    assert calculator("a * b % 7", variables={"a": 3889, "b": 4884}) == str(3889 * 4884 % 7)
+    bound = TOOLS.get("calculator").configured({"variables": {"a": 2}}, "t")
+    for expression, expect in [("a + b", "unknown name 'b'; the names bound for this problem: a"),
+                               ("__builtins__", "unknown name '__builtins__'"),
+                               ("a.real", "attribute access"), ("abs(a)", "function calls")]:
+        result = run_tool_call(ToolCall("calculator", {"expression": expression}), {"calculator": bound})
+        assert result.reason == "raised" and expect in result.text, result
+    with pytest.raises(ToolFailure, match="must be a number"):
+        calculator("a", variables={"a": "__import__('os')"})
 
 
 # ------------------------------------------------------------------ failing user tools

@@ -240,8 +240,8 @@ BUILTIN_DATASETS: dict[str, tuple[Callable[..., list[dict[str, Any]]], str, int]
     "max_sft": (make_max_sft, "sft", 2000),
     "sort_sft": (make_sort_sft, "sft", 2000),
     # the tool task (rlfoundry.data.tool_arith): episodes, and per-turn SFT demonstrations
-    "tool_addition": (lambda *a, **k: _tool_arith().make_tool_addition(*a, **k), "prompt", 2000),
-    "tool_addition_sft": (lambda *a, **k: _tool_arith().make_tool_addition_sft(*a, **k), "sft", 2000),
+    "tool_modulo": (lambda *a, **k: _tool_arith().make_tool_modulo(*a, **k), "prompt", 2000),
+    "tool_modulo_sft": (lambda *a, **k: _tool_arith().make_tool_modulo_sft(*a, **k), "sft", 2000),
 }
 
 

@@ -1,21 +1,26 @@
-"""The built-in tool task: add two 4-digit numbers, which a tiny model cannot do in its head
-but can by calling the ``calculator`` tool and copying its result.
+"""The built-in tool task: a modular-arithmetic question over two 4-digit numbers, which a
+tiny model cannot work out in its head but can by asking the ``calculator`` and copying its
+one-digit result.
 
-Operands are drawn from ``low..high`` (default 1000..4999): every expression has the same
-width and every sum four digits, so copying the numbers into the call and the result into
-the answer is a fixed-offset copy that the tiny model learns in a few CPU minutes, while
-the sum itself stays out of its reach.
+A row binds the problem's data as variables (``variables: {"a": 3889, "b": 4884}``), the
+"code interpreter with the problem's data loaded" pattern: the ``tools`` environment hands them
+to the calculator, so the call names them (``(a + b) % 7``) instead of copying the numbers. The
+call's text depends only on the question's operation (one of :data:`OPERATIONS`), and the
+answer is one digit: what the model has to learn is which expression to write and to copy the
+tool's digit. (Copying 4-digit operands into the call was measured to be out of the tiny
+model's reach in minutes of SFT; docs/environments.md, "A task where tools help".)
 
-* ``tool_addition``: ``{"prompt": [{"role": "user", "content": "4821+397="}], "answer": "5218"}``
-  (episodes of the ``tools`` environment; with ``tools: []`` the same task without tools).
-* ``tool_addition_sft``: demonstrations for the SFT warm start, one row per model turn, so the
+* ``tool_modulo``: ``{"prompt": [user "a = 3889, b = 4884. What is (a + b) mod 7?"],
+  "variables": {"a": 3889, "b": 4884}, "answer": "2"}`` (episodes of the ``tools``
+  environment; with ``tools: []`` the same task without tools).
+* ``tool_modulo_sft``: demonstrations for the SFT warm start, one row per model turn, so the
   tool's answer is in the prompt and never trained on. With ``tools: true`` (default) a
-  problem gives two rows: the call (prompt: the question, completion:
-  ``<tool_call>{"name": "calculator", ...}</tool_call>``) and the answer (prompt: question,
-  call and the tool's message; completion: the result). A fraction ``noise`` of the
-  demonstrations is wrong: the final answer repeats the first operand instead of the tool's
-  result. With ``tools: false`` a problem gives one row answering directly (wrong in the same
-  fraction): the warm start of the no-tool baseline.
+  problem gives two rows: the call (completion
+  ``<tool_call>{"name":"calculator","arguments":{"expression":"(a + b) % 7"}}</tool_call>``) and
+  the answer (prompt: question, call and the tool's message; completion: the digit). A
+  fraction ``noise`` of the demonstrations is wrong: the final answer is the first digit of
+  ``a`` instead of the tool's result. With ``tools: false`` a problem gives one row answering
+  directly (wrong in the same fraction): the warm start of the no-tool baseline.
 
 Rows carry the tool schemas in a ``tools`` column, which the chat template renders
 (``apply_chat_template(tools=...)``) exactly as the ``tools`` environment's episodes do.
@@ -25,31 +30,41 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rlfoundry.errors import ConfigError
 
 TOOL = "calculator"
+# (question text, calculator expression, the value)
+OPERATIONS: tuple[tuple[str, str, Callable[[int, int], int]], ...] = (
+    ("(a + b) mod 7", "(a + b) % 7", lambda a, b: (a + b) % 7),
+    ("(a + b) mod 9", "(a + b) % 9", lambda a, b: (a + b) % 9),
+    ("(a - b) mod 7", "(a - b) % 7", lambda a, b: (a - b) % 7),
+    ("(a - b) mod 9", "(a - b) % 9", lambda a, b: (a - b) % 9),
+)
 
 
-def make_tool_addition(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
-                       split: str | None = None) -> list[dict[str, Any]]:
-    """``n`` rows ``{"prompt": [user message "a+b="], "answer": "a+b"}`` with operands in
-    ``low..high``."""
+def make_tool_modulo(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
+                     split: str | None = None) -> list[dict[str, Any]]:
+    """``n`` rows (``prompt``, ``variables``, ``answer``, ``expression``) with ``a``, ``b`` in
+    ``low..high`` and an operation from :data:`OPERATIONS`."""
     from rlfoundry.data.synthetic import _collect
 
     if not 0 <= low < high:
-        raise ConfigError(f"tool_addition: need 0 <= low < high, got low={low}, high={high}")
+        raise ConfigError(f"tool_modulo: need 0 <= low < high, got low={low}, high={high}")
     rng = random.Random(seed)
 
     def draw() -> Iterator[tuple[str, dict[str, Any]]]:
         while True:
             a, b = rng.randint(low, high), rng.randint(low, high)
-            yield f"{a}+{b}", {"prompt": [{"role": "user", "content": f"{a}+{b}="}],
-                               "answer": str(a + b)}
+            question, expression, value = rng.choice(OPERATIONS)
+            text = f"a = {a}, b = {b}. What is {question}?"
+            yield text, {"prompt": [{"role": "user", "content": text}],
+                         "variables": {"a": a, "b": b}, "answer": str(value(a, b)),
+                         "expression": expression}
 
-    return _collect(n, draw(), split, "tool_addition")
+    return _collect(n, draw(), split, "tool_modulo")
 
 
 def tool_call_text(expression: str) -> str:
@@ -64,28 +79,32 @@ def calculator_schemas() -> list[dict[str, Any]]:
     return [TOOLS.get(TOOL).schema()]
 
 
-def make_tool_addition_sft(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
-                           split: str | None = None, noise: float = 0.0,
-                           tools: bool = True) -> list[dict[str, Any]]:
+def make_tool_modulo_sft(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
+                         split: str | None = None, noise: float = 0.0,
+                         tools: bool = True, answer_repeats: int = 1) -> list[dict[str, Any]]:
     """``n`` SFT rows (``prompt``, ``completion``, ``tools``) of the tool task; see the
-    module docs (``noise``: the fraction of wrong demonstrations)."""
+    module docs (``noise``: the fraction of wrong demonstrations). ``answer_repeats``: each
+    answer row appears this many times, so its one-digit target is not drowned by the
+    ~70-token call rows in a token-averaged loss."""
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be in [0, 1], got {noise}")
-    problems = make_tool_addition((n + 1) // 2 if tools else n, seed, low, high, split)
+    if answer_repeats < 1:
+        raise ConfigError(f"answer_repeats must be >= 1, got {answer_repeats}")
+    per_problem = 1 + answer_repeats if tools else 1
+    problems = make_tool_modulo(-(-n // per_problem), seed, low, high, split)
     rng = random.Random(seed + 7919)
     schemas = calculator_schemas() if tools else None
     rows: list[dict[str, Any]] = []
     for p in problems:
         user = p["prompt"]
-        expression = user[0]["content"].rstrip("=")
         wrong = rng.random() < noise
-        answer = expression.split("+")[0] if wrong else p["answer"]
+        answer = str(p["variables"]["a"])[0] if wrong else p["answer"]
         if not tools:
             rows.append({"prompt": user, "completion": answer})
             continue
-        call = tool_call_text(expression)
+        call = tool_call_text(p["expression"])
         rows.append({"prompt": user, "completion": call, "tools": schemas})
-        rows.append({"prompt": [*user, {"role": "assistant", "content": call},
-                                {"role": "tool", "name": TOOL, "content": p["answer"]}],
-                     "completion": answer, "tools": schemas})
+        rows += [{"prompt": [*user, {"role": "assistant", "content": call},
+                                 {"role": "tool", "name": TOOL, "content": p["answer"]}],
+                  "completion": answer, "tools": schemas}] * answer_repeats
     return rows[:n]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import math
 import operator
+from collections.abc import Mapping
+from typing import Any
 
 from rlfoundry.environments.tools import ToolFailure, register_tool
 
@@ -48,17 +50,22 @@ def _power(base: int | float, exp: int | float) -> int | float:
     return result
 
 
-def _evaluate(node: ast.AST) -> int | float:
+def _evaluate(node: ast.AST, names: Mapping[str, int | float]) -> int | float:
     if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
+        return _evaluate(node.body, names)
+    if isinstance(node, ast.Name):
+        if node.id not in names:
+            bound = ", ".join(sorted(names)) or "(none)"
+            raise _fail(f"unknown name '{node.id}'; the names bound for this problem: {bound}")
+        return names[node.id]
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise _fail(f"only numbers are allowed, got {node.value!r}")
         return _check_size(node.value)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_evaluate(node.operand))
+        return _UNARY[type(node.op)](_evaluate(node.operand, names))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _evaluate(node.left), _evaluate(node.right)
+        left, right = _evaluate(node.left, names), _evaluate(node.right, names)
         if isinstance(node.op, ast.Pow):
             return _check_size(_power(left, right))
         if isinstance(node.op, ast.Mult) and isinstance(left, int) and isinstance(right, int) \
@@ -70,7 +77,7 @@ def _evaluate(node: ast.AST) -> int | float:
             raise _fail("division by zero") from None
         except OverflowError:
             raise _fail("the result is too large") from None
-    what = {ast.Name: "names", ast.Attribute: "attribute access", ast.Call: "function calls",
+    what = {ast.Attribute: "attribute access", ast.Call: "function calls",
             ast.Subscript: "indexing", ast.Lambda: "lambdas"}.get(type(node), type(node).__name__)
     raise _fail(f"not allowed: {what}; use numbers, + - * / // % ** and parentheses")
 
@@ -85,11 +92,11 @@ def format_number(value: int | float) -> str:
 
 
 @register_tool("calculator", isolated=False)
-def calculator(expression: str) -> str:
+def calculator(expression: str, *, variables: Mapping[str, Any] | None = None) -> str:
     """Evaluate an arithmetic expression and return the result.
 
     Args:
-        expression: numbers with + - * / // % ** and parentheses, e.g. "(12+7)*3"
+        expression: numbers (or the problem's variables) with + - * / // % ** and parentheses, e.g. "(12+7)*3" or "a * b % 7"
     """
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise _fail(f"the expression has {len(expression)} characters, more than "
@@ -98,7 +105,20 @@ def calculator(expression: str) -> str:
         tree = ast.parse(expression.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         raise _fail(f"not an arithmetic expression: {getattr(e, 'msg', None) or e}") from None
-    return format_number(_evaluate(tree))
+    return format_number(_evaluate(tree, bind_variables(variables)))
+
+
+def bind_variables(variables: Mapping[str, Any] | None) -> dict[str, int | float]:
+    """The names an expression may use: the ``variables`` the environment bound from the
+    problem's row (``{"a": 3889, "b": 4884}``); each a plain name with a finite number."""
+    names: dict[str, int | float] = {}
+    for key, value in (variables or {}).items():
+        if not (isinstance(key, str) and key.isidentifier()) or key.startswith("_"):
+            raise _fail(f"variable name {key!r} is not a plain identifier")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(f"variable '{key}' must be a number, got {type(value).__name__}")
+        names[key] = _check_size(value)
+    return names
 
 
 @register_tool("python", isolated=False)

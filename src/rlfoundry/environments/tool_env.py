@@ -9,6 +9,10 @@ list shown by the chat template (:attr:`ToolEnvironment.tools`, handed to
   ``{"role": "tool", "name": ..., "content": ...}`` message, in order; a call that cannot be
   parsed or fails is answered with its error text. Metrics ``tool_calls`` and ``tool_errors``
   count them (plus ``tool_errors/<reason>``);
+- a row with a ``variables`` column (``{"a": 3889, "b": 4884}``; ``variables_column``) binds
+  those names for every tool with a keyword-only ``variables`` setting (the ``calculator``):
+  the "interpreter with the problem's data loaded" pattern, so the model writes ``a * b % 7``
+  instead of copying the numbers. Other names stay unknown;
 - the turn holds no call: the episode ends and the turn's text is the answer, scored by
   ``answer_check`` against the row's ``answer`` column (``exact``: equal after stripping;
   ``math``: the ``math_accuracy`` reward's equivalence; ``none``: no environment reward, only
@@ -24,13 +28,14 @@ YAML (``environment.args``)::
         timeout: 10.0                    # seconds per call
         max_output_chars: 2000           # longer results are a tool error
         answer_check: exact              # exact | math | none
+        variables_column: variables      # row column of names bound for the calculator
         tool_options: {python: {isolation: process, memory_mb: 256}}
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rlfoundry.environments.base import (
@@ -41,7 +46,13 @@ from rlfoundry.environments.base import (
     register_environment,
 )
 from rlfoundry.environments.tool_calls import CallError, ParsedTurn, get_tool_parser
-from rlfoundry.environments.tools import ToolResult, resolve_tools, run_tool_call
+from rlfoundry.environments.tools import (
+    Tool,
+    ToolResult,
+    resolve_tools,
+    run_tool_call,
+    takes_setting,
+)
 from rlfoundry.errors import ConfigError, DataError
 
 ANSWER_CHECKS = ("exact", "math", "none")
@@ -84,6 +95,18 @@ def check_answer(text: str, answer: Any, how: str) -> float | None:
     return float(value or 0.0)
 
 
+def bind_row_variables(registry: Mapping[str, Tool], variables: Any) -> Mapping[str, Tool]:
+    """The tools with the row's ``variables`` set for those that take them (unchanged when
+    the row binds none)."""
+    if variables is None:
+        return registry
+    if not isinstance(variables, Mapping):
+        raise DataError(f"the variables column must map names to numbers, got "
+                        f"{type(variables).__name__}")
+    return {name: replace(tool, settings={**tool.settings, "variables": dict(variables)})
+            if takes_setting(tool, "variables") else tool for name, tool in registry.items()}
+
+
 @register_environment("tools")
 class ToolEnvironment(Environment):
     """Calls tools for the model until it answers without one; scores that answer."""
@@ -91,6 +114,7 @@ class ToolEnvironment(Environment):
     def __init__(self, tools: Sequence[str] = ("calculator",), parser: str = "hermes",
                  timeout: float = 10.0, max_output_chars: int = 2000, answer_check: str = "exact",
                  answer_column: str = "answer", prompt_column: str = "prompt",
+                 variables_column: str = "variables",
                  tool_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         if not timeout or timeout <= 0:
             raise ConfigError(f"{WHERE}.timeout must be > 0 seconds, got {timeout!r}")
@@ -111,7 +135,7 @@ class ToolEnvironment(Environment):
                        detect_isolation())
         self.timeout, self.max_output_chars = float(timeout), int(max_output_chars)
         self.answer_check, self.answer_column = answer_check, answer_column
-        self.prompt_column = prompt_column
+        self.prompt_column, self.variables_column = prompt_column, variables_column
 
     @property
     def tools(self) -> list[dict[str, Any]]:
@@ -127,13 +151,14 @@ class ToolEnvironment(Environment):
             state.answer = turn.text
             reward = check_answer(turn.text, state.row.get(self.answer_column), self.answer_check)
             return EnvStep([], reward, True, state, {"tool_calls": 0.0, "tool_errors": 0.0})
+        registry = bind_row_variables(self.registry, state.row.get(self.variables_column))
         messages: list[Message] = []
         metrics: dict[str, float] = {"tool_calls": 0.0, "tool_errors": 0.0}
         for item in turn.in_order():
             if isinstance(item, CallError):
                 result = ToolResult(item.name or "?", f"error: {item.message}", "parse_error")
             else:
-                result = run_tool_call(item, self.registry, timeout=self.timeout,
+                result = run_tool_call(item, registry, timeout=self.timeout,
                                        max_output_chars=self.max_output_chars)
             metrics["tool_calls"] += 1
             if not result.ok:

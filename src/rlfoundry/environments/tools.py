@@ -82,6 +82,12 @@ class Tool:
         return self.fn(**arguments, **self.settings)
 
 
+def takes_setting(tool: Tool, name: str) -> bool:
+    """Whether the tool's function has the keyword-only setting ``name``."""
+    param = inspect.signature(tool.fn).parameters.get(name)
+    return param is not None and param.kind is param.KEYWORD_ONLY
+
+
 TOOLS: Registry[Tool] = Registry("tool")
 
 
