@@ -61,16 +61,16 @@ STAGES = (
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
-def split_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
+def split_overrides(overrides: Sequence[str], stages: Sequence[str] = STAGE_NAMES) -> dict[str, list[str]]:
     """Per-stage overrides: ``grpo.training.max_steps=80`` goes to that stage only, a key
-    without a stage prefix (``training.seed=1``) to every stage."""
-    out: dict[str, list[str]] = {name: [] for name in STAGE_NAMES}
+    without a stage prefix (``training.seed=1``) to every stage (of ``stages``)."""
+    out: dict[str, list[str]] = {name: [] for name in stages}
     for item in overrides:
         head, _, rest = item.partition(".")
         if head in out and rest:
             out[head].append(rest)
         else:
-            for name in STAGE_NAMES:
+            for name in stages:
                 out[name].append(item)
     return out
 

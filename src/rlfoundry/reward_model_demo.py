@@ -32,6 +32,7 @@ import yaml
 
 from rlfoundry.config import RunConfig, load_config
 from rlfoundry.errors import ConfigError
+from rlfoundry.quickstart import split_overrides
 
 RECIPES = Path(__file__).parent / "recipes"
 STAGES = {"rm": "reward_model_sort.yaml", "sft": "reward_model_demo_sft.yaml",
@@ -40,17 +41,6 @@ FAST = {"rm": ["training.max_steps=4", "training.eval_every=2", "data.eval_size=
         "sft": ["training.max_steps=4", "training.eval_every=2", "data.eval_size=16"],
         "grpo": ["training.max_steps=2", "training.eval_every=1", "data.eval_size=16",
                  "training.batch_size=4"]}
-
-
-def split_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
-    """``grpo.training.max_steps=40`` goes to that stage only; a key without a stage prefix
-    (``training.seed=1``) to every stage."""
-    out: dict[str, list[str]] = {name: [] for name in STAGES}
-    for item in overrides:
-        head, _, rest = item.partition(".")
-        for name in ([head] if head in out and rest else list(STAGES)):
-            out[name].append(rest if head in out and rest else item)
-    return out
 
 
 def stage_config(root: Path, name: str, overrides: Sequence[str], fast: bool = False,
@@ -119,7 +109,7 @@ def _run(root: Path, fast: bool, overrides: Sequence[str], progress: bool,
          log: Callable[[str], None]) -> dict[str, Any]:
     from rlfoundry.algorithms.trainer_registry import TRAINERS
 
-    per_stage = split_overrides(overrides)
+    per_stage = split_overrides(overrides, list(STAGES))
     configs = {n: stage_config(root, n, per_stage[n], fast, progress) for n in ("rm", "sft")}
     start, trainers, seconds = time.perf_counter(), {}, {}
     for i, name in enumerate(STAGES, start=1):

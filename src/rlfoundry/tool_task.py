@@ -32,7 +32,7 @@ import torch
 
 from rlfoundry.config import RunConfig, load_config
 from rlfoundry.errors import ConfigError
-from rlfoundry.quickstart import RECIPES, save_config, train_stage
+from rlfoundry.quickstart import RECIPES, save_config, split_overrides, train_stage
 
 
 @dataclass(frozen=True)
@@ -60,23 +60,10 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 EVAL_KEYS = {"accuracy": "accuracy", "tool_calls": "env/tool_calls", "turns": "env/turns"}
 
 
-def split_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
-    """``grpo_tools.training.max_steps=80`` goes to that stage, ``training.seed=1`` to all."""
-    out: dict[str, list[str]] = {name: [] for name in STAGE_NAMES}
-    for item in overrides:
-        head, _, rest = item.partition(".")
-        if head in out and rest:
-            out[head].append(rest)
-        else:
-            for name in STAGE_NAMES:
-                out[name].append(item)
-    return out
-
-
 def stage_configs(root: Path, overrides: Sequence[str] = (), fast: bool = False,
                   progress: bool = True) -> dict[str, RunConfig]:
     """Every stage's validated config, loaded before anything trains."""
-    per_stage = split_overrides(overrides)
+    per_stage = split_overrides(overrides, STAGE_NAMES)
     configs = {}
     for stage in STAGES:
         fixed = [f"training.output_dir={root / stage.name}", f"logging.progress_bar={str(progress).lower()}"]
