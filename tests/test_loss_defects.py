@@ -95,7 +95,8 @@ def _empty_inputs():
     batch.update(reference_logps=z, label=z.bool())
     outputs = {"logprobs": logp, "entropy": e, "policy_chosen_logps": chosen,
                "policy_rejected_logps": rejected, "response_embeddings": emb,
-               "policy_logps": unpaired}
+               "policy_logps": unpaired,
+               "chosen_rewards": chosen, "rejected_rewards": rejected}  # reward model (bradley_terry)
     return batch, outputs, [logp, emb, chosen, rejected, unpaired]
 
 
