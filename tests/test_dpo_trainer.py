@@ -8,6 +8,7 @@ from rlfoundry.algorithms.dpo import DPOTrainer
 from rlfoundry.algorithms.loss_functions import DPOLossFn
 from rlfoundry.errors import NonFiniteError
 from rlfoundry.models import build_model, build_tokenizer
+from tests.crashing import train_until_crash
 
 
 def run_config(tmp_path, **training):
@@ -115,22 +116,8 @@ def test_resume_after_crash_reproduces_weights_and_metrics(tmp_path):
     cfg = run_config(tmp_path / "straight", max_steps=6, save_every=3)
     straight = float64_trainer(cfg)
     straight.train()
-
-    class Crash(RuntimeError):
-        pass
-
     cfg = run_config(tmp_path / "crashed", max_steps=6, save_every=3)
-    crashed = float64_trainer(cfg)
-    original = crashed.optimizer_step
-
-    def crash_after_three(indices):
-        if crashed.step == 4:
-            raise Crash()
-        return original(indices)
-
-    crashed.optimizer_step = crash_after_three
-    with pytest.raises(Crash):
-        crashed.train()
+    train_until_crash(float64_trainer(cfg), after_step=4)
     cfg["training"]["resume"] = "auto"
     resumed = float64_trainer(cfg)
     resumed.train()

@@ -9,6 +9,7 @@ from rlfoundry.algorithms.sft import SFTTrainer
 from rlfoundry.config import load_config
 from rlfoundry.errors import ConfigError
 from rlfoundry.models import build_model, build_tokenizer
+from tests.crashing import train_until_crash
 
 
 def digit_fraction(prompts, completions, **columns):
@@ -88,22 +89,8 @@ def test_grpo_resume_reproduces_weights_including_sampling_rng(tmp_path):
     algo = {"num_iterations": 2, "loss": {"reference_policy_kl_penalty": 0.05}}
     straight = trainer64(config(tmp_path / "s", algo, max_steps=5, save_every=3))
     straight.train()
-
-    class Crash(RuntimeError):
-        pass
-
     cfg = config(tmp_path / "c", algo, max_steps=5, save_every=3)
-    crashed = trainer64(cfg)
-    original = crashed.optimizer_step
-
-    def crash(indices):
-        if crashed.step == 4:
-            raise Crash()
-        return original(indices)
-
-    crashed.optimizer_step = crash
-    with pytest.raises(Crash):
-        crashed.train()
+    train_until_crash(trainer64(cfg), after_step=4)
     cfg["training"]["resume"] = "auto"
     resumed = trainer64(cfg)
     resumed.train()

@@ -15,6 +15,7 @@ from rlfoundry.data import PreferenceDataset
 from rlfoundry.data.unpaired import UnpairedDataset, mismatched_partners, unpaired_from_pairs
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.models import build_model, build_tokenizer
+from tests.crashing import train_until_crash
 
 # ---------------------------------------------------------------- the loss
 
@@ -237,17 +238,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     straight = float64_trainer(run_config(tmp_path / "s", max_steps=4, save_every=2))
     straight.train()
     cfg = run_config(tmp_path / "c", max_steps=4, save_every=2)
-    crashed = float64_trainer(cfg)
-    original = crashed.optimizer_step
-
-    def crash(indices):
-        if crashed.step == 3:
-            raise RuntimeError("crash")
-        return original(indices)
-
-    crashed.optimizer_step = crash
-    with pytest.raises(RuntimeError, match="crash"):
-        crashed.train()
+    train_until_crash(float64_trainer(cfg), after_step=3)
     cfg["training"]["resume"] = "auto"
     resumed = float64_trainer(cfg)
     resumed.train()

@@ -14,6 +14,7 @@ from rlfoundry.models import build_model, build_tokenizer
 from rlfoundry.rollout import Rollout
 from rlfoundry.training.logger import NullLogger
 from rlfoundry.training.sampler import EpochSampler
+from tests.crashing import train_until_crash
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "configs"
 
@@ -109,17 +110,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     straight = make_trainer(run_config(tmp_path / "s", max_steps=4, save_every=2))
     straight.train()
     cfg = run_config(tmp_path / "c", max_steps=4, save_every=2)
-    crashed = make_trainer(cfg)
-    original = crashed.optimizer_step
-
-    def crash(indices):
-        if crashed.step == 3:
-            raise RuntimeError("crash")
-        return original(indices)
-
-    crashed.optimizer_step = crash
-    with pytest.raises(RuntimeError, match="crash"):
-        crashed.train()
+    train_until_crash(make_trainer(cfg), after_step=3)
     cfg["training"]["resume"] = "auto"
     resumed = make_trainer(cfg)
     resumed.train()

@@ -17,6 +17,7 @@ from rlfoundry.algorithms.reward_model import RewardModelTrainer
 from rlfoundry.config import load_config
 from rlfoundry.errors import ConfigError, DataError
 from rlfoundry.rewards import resolve_reward, reward_model
+from tests.crashing import train_until_crash
 
 # ---------------------------------------------------------------- the loss
 
@@ -142,17 +143,8 @@ def test_final_dir_loads_as_a_sequence_classifier_with_the_trained_scores(traine
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     straight = RewardModelTrainer(config=rm_config(tmp_path / "a", max_steps=4, save_every=2))
     straight.train()
-    crashed = RewardModelTrainer(config=rm_config(tmp_path / "b", max_steps=4, save_every=2))
-    original = crashed.optimizer_step
-
-    def crash(indices):
-        if crashed.step == 3:
-            raise RuntimeError("crash")
-        return original(indices)
-
-    crashed.optimizer_step = crash
-    with pytest.raises(RuntimeError, match="crash"):
-        crashed.train()
+    train_until_crash(RewardModelTrainer(config=rm_config(tmp_path / "b", max_steps=4, save_every=2)),
+                      after_step=3)
     resumed = RewardModelTrainer(config=rm_config(tmp_path / "b", max_steps=4, save_every=2,
                                                   resume="auto"))
     resumed.train()
