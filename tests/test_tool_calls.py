@@ -82,3 +82,54 @@ def test_a_registered_parser_is_found_by_name_and_unknown_names_are_config_error
     assert "test_colon" in TOOL_PARSERS.names()
     with pytest.raises(ConfigError, match="did you mean 'hermes'"):
         get_tool_parser("hermse")
+
+
+# --- the `tags` format: <tool>argument</tool> ----------------------------------------------
+
+
+def test_tags_calls_take_the_body_as_the_tools_one_argument_and_other_markup_stays_text():
+    from rlfoundry.environments import parse_tags
+
+    turn = parse_tags("<think>7 is prime</think> <calculator>(a - b) % 7</calculator> and "
+                      "<python>\nfor i in range(2):\n    print(i)\n</python> done")
+    assert [(c.name, c.arguments, c.index) for c in turn.calls] == [
+        ("calculator", {"expression": "(a - b) % 7"}, 0),
+        ("python", {"code": "for i in range(2):\n    print(i)"}, 1)]  # indentation kept
+    assert not turn.errors and turn.text == "<think>7 is prime</think>  and  done"
+    assert not parse_tags("the answer is <b>4</b>").has_calls
+
+
+def test_tags_unclosed_and_multi_argument_tools_are_errors_for_the_model():
+    from rlfoundry.environments import TOOLS, parse_tags, register_tool
+
+    turn = parse_tags("<calculator>1+1</calculator><calculator>2*")
+    assert turn.calls[0].arguments == {"expression": "1+1"}
+    assert "never closed" in turn.errors[0].message and turn.errors[0].index == 1
+
+    @register_tool("test_two_args", isolated=False)
+    def two(x: int, y: int) -> str:
+        """Add.
+
+        Args:
+            x: first
+            y: second
+        """
+        return str(x + y)
+
+    try:
+        turn = parse_tags("<test_two_args>1</test_two_args>")
+        assert not turn.calls and "takes 2 arguments (x, y)" in turn.errors[0].message
+    finally:
+        TOOLS._entries.pop("test_two_args")
+
+
+def test_tags_parser_runs_in_the_tools_environment():
+    from rlfoundry.environments import ENVIRONMENTS
+
+    env = ENVIRONMENTS.get("tools")(tools=["calculator"], parser="tags")
+    start = env.reset({"prompt": "a=3, b=4. (a+b) mod 5?", "variables": {"a": 3, "b": 4}, "answer": "2"})
+    step = env.step(start.state, "<calculator>(a+b)%5</calculator>")
+    assert step.observation == [{"role": "tool", "name": "calculator", "content": "2"}]
+    assert not step.done and step.metrics["tool_calls"] == 1 and step.metrics["tool_errors"] == 0
+    final = env.step(step.state, "2")
+    assert final.done and final.reward == 1.0

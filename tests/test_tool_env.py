@@ -86,13 +86,14 @@ def test_tiny_template_lists_tools_only_when_given(tokenizer):
     assert shown == "<|system|>tools: calculator python<|eos|>" + plain
 
 
-def test_sft_rows_render_like_the_episode_they_teach(tokenizer):
+@pytest.mark.parametrize("parser", ["tags", "hermes"])
+def test_sft_rows_render_like_the_episode_they_teach(tokenizer, parser):
     from rlfoundry.data import PromptDataset
     from rlfoundry.data.prompts import tokenize_prompt
     from rlfoundry.data.synthetic import builtin_dataset
 
-    rows = builtin_dataset("tool_modulo_sft", "train", 4, noise=0.0)
-    env = ToolEnvironment()
+    rows = builtin_dataset("tool_modulo_sft", "train", 4, noise=0.0, parser=parser)
+    env = ToolEnvironment(parser=parser)
     first, answer = PromptDataset.from_rows(rows[:2])
     problem = builtin_dataset("tool_modulo", "train", 1)[0]
     state = env.reset({"prompt": rows[0]["prompt"], "answer": None, "variables": problem["variables"]})
@@ -101,13 +102,23 @@ def test_sft_rows_render_like_the_episode_they_teach(tokenizer):
     expect = tokenizer.apply_chat_template(conversation, tools=env.tools, tokenize=False,
                                            add_generation_prompt=True)
     assert tokenizer.decode(tokenize_prompt(tokenizer, answer)) == expect
-    assert rows[1]["completion"] == conversation[-1]["content"]  # noise 0: the tool's result
+    assert rows[1]["completion"] == conversation[-1]["content"]  # the tool's result
     assert tokenizer.decode(tokenize_prompt(tokenizer, first)).startswith("<|system|>tools: calculator")
     direct = builtin_dataset("tool_modulo_sft", "train", 2, tools=False)
     assert "tools" not in direct[0] and direct[0]["completion"].isdigit()
-    noisy = builtin_dataset("tool_modulo_sft", "train", 400, noise=0.6)
-    wrong = [r for r in noisy[1::2] if r["completion"] != r["prompt"][-1]["content"]]
-    assert 0.45 < len(wrong) / 200 < 0.75
+
+
+def test_noisy_demonstrations_skip_the_tool_and_guess():
+    from rlfoundry.data.synthetic import builtin_dataset
+
+    rows = builtin_dataset("tool_modulo_sft", "train", 600, noise=0.5)
+    calls = [r for r in rows if r["completion"].startswith("<calculator>")]
+    answers = [r for r in rows if r["prompt"][-1]["role"] == "tool"]
+    guesses = [r for r in rows if r["prompt"][-1]["role"] == "user" and r["completion"].isdigit()]
+    assert len(calls) == len(answers) and len(calls) + len(answers) + len(guesses) == 600
+    assert all(r["completion"] == r["prompt"][-1]["content"] for r in answers)  # after a call: right
+    assert all(r["completion"] == r["prompt"][0]["content"][2] for r in guesses)  # first digit of a
+    assert 0.4 < len(guesses) / (len(guesses) + len(calls)) < 0.6
 
 
 def test_tool_modulo_has_disjoint_splits_and_the_calculator_answers_it():
@@ -117,10 +128,10 @@ def test_tool_modulo_has_disjoint_splits_and_the_calculator_answers_it():
     train = {r["prompt"][0]["content"] for r in builtin_dataset("tool_modulo", "train", 500)}
     held = {r["prompt"][0]["content"] for r in builtin_dataset("tool_modulo", "eval", 100)}
     assert not train & held
-    env = ToolEnvironment()
+    env = ToolEnvironment(parser="tags")
     for row in builtin_dataset("tool_modulo", "eval", 20):
         a, b = row["variables"]["a"], row["variables"]["b"]
-        assert 1000 <= a <= 4999 and row["prompt"][0]["content"].startswith(f"a = {a}, b = {b}. What is")
+        assert 1000 <= a <= 4999 and row["prompt"][0]["content"].startswith(f"a={a}, b={b}. (a")
         state = env.reset(row)
         told = env.step(state.state, tool_call_text(row["expression"])).observation[0]["content"]
         assert told == row["answer"] and len(told) == 1  # the tool computes the answer from the row

@@ -76,21 +76,23 @@ class SFTTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out completion NLL (token-weighted over all eval rows; each rank its share)."""
+        """Held-out completion NLL over all eval rows, weighted as the loss normalizes
+        (per token, or per row with ``normalization: sequence``); each rank its share."""
         if not self.eval_rows:
             return {}
         was_training = self.model.training
         self.model.eval()
         acc, size = WeightedMean(), self.config.training.batch_size
+        count = "num_tokens" if getattr(self.loss_fn, "reduction", "token") == "token" else "num_sequences"
         share = shard_range(len(self.eval_rows), self.dist.rank, self.dist.world_size)
         batches = [self.collate(list(range(s, min(s + size, share.stop))), self.eval_rows)
                    for s in range(share.start, share.stop, size)]
-        total = sum(b["num_tokens"] for b in batches)
+        total = sum(b[count] for b in batches)
         if self.dist.enabled:
             total = int(distributed.all_reduce_sum(torch.tensor([total])).item())
         for b in batches:
             loss, metrics = self.micro_step(b)
-            acc.add({**metrics, "loss": loss}, b["num_tokens"] / total)
+            acc.add({**metrics, "loss": loss}, b[count] / total)
         self.model.train(was_training)
         return acc.result(across_ranks=True)
 

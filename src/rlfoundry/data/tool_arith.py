@@ -38,11 +38,12 @@ from rlfoundry.errors import ConfigError
 TOOL = "calculator"
 # (question text, calculator expression, the value)
 OPERATIONS: tuple[tuple[str, str, Callable[[int, int], int]], ...] = (
-    ("(a + b) mod 7", "(a + b) % 7", lambda a, b: (a + b) % 7),
-    ("(a + b) mod 9", "(a + b) % 9", lambda a, b: (a + b) % 9),
-    ("(a - b) mod 7", "(a - b) % 7", lambda a, b: (a - b) % 7),
-    ("(a - b) mod 9", "(a - b) % 9", lambda a, b: (a - b) % 9),
+    ("(a+b) mod 7", "(a+b)%7", lambda a, b: (a + b) % 7),
+    ("(a+b) mod 9", "(a+b)%9", lambda a, b: (a + b) % 9),
+    ("(a-b) mod 7", "(a-b)%7", lambda a, b: (a - b) % 7),
+    ("(a-b) mod 9", "(a-b)%9", lambda a, b: (a - b) % 9),
 )
+PARSERS = ("tags", "hermes")  # the call formats the demonstrations can be written in
 
 
 def make_tool_modulo(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
@@ -59,7 +60,7 @@ def make_tool_modulo(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
         while True:
             a, b = rng.randint(low, high), rng.randint(low, high)
             question, expression, value = rng.choice(OPERATIONS)
-            text = f"a = {a}, b = {b}. What is {question}?"
+            text = f"a={a}, b={b}. {question}?"
             yield text, {"prompt": [{"role": "user", "content": text}],
                          "variables": {"a": a, "b": b}, "answer": str(value(a, b)),
                          "expression": expression}
@@ -67,8 +68,11 @@ def make_tool_modulo(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
     return _collect(n, draw(), split, "tool_modulo")
 
 
-def tool_call_text(expression: str) -> str:
-    """The demonstrated call: compact JSON in the ``hermes`` tags."""
+def tool_call_text(expression: str, parser: str = "tags") -> str:
+    """The demonstrated call: ``<calculator>EXPR</calculator>`` (``tags``) or compact JSON in
+    the ``hermes`` tags."""
+    if parser == "tags":
+        return f"<{TOOL}>{expression}</{TOOL}>"
     call = {"name": TOOL, "arguments": {"expression": expression}}
     return f"<tool_call>{json.dumps(call, separators=(',', ':'))}</tool_call>"
 
@@ -80,31 +84,35 @@ def calculator_schemas() -> list[dict[str, Any]]:
 
 
 def make_tool_modulo_sft(n: int, seed: int = 0, low: int = 1000, high: int = 4999,
-                         split: str | None = None, noise: float = 0.0,
-                         tools: bool = True, answer_repeats: int = 1) -> list[dict[str, Any]]:
+                         split: str | None = None, noise: float = 0.0, tools: bool = True,
+                         answer_repeats: int = 1, parser: str = "tags") -> list[dict[str, Any]]:
     """``n`` SFT rows (``prompt``, ``completion``, ``tools``) of the tool task; see the
-    module docs (``noise``: the fraction of wrong demonstrations). ``answer_repeats``: each
-    answer row appears this many times, so its one-digit target is not drowned by the
-    ~70-token call rows in a token-averaged loss."""
+    module docs (``noise``: the fraction of demonstrations that skip the tool and answer with
+    the first digit of ``a``; ``parser``: the call format, as ``environment.args.parser``).
+    ``answer_repeats``: each answer row appears this many times."""
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be in [0, 1], got {noise}")
     if answer_repeats < 1:
         raise ConfigError(f"answer_repeats must be >= 1, got {answer_repeats}")
-    per_problem = 1 + answer_repeats if tools else 1
-    problems = make_tool_modulo(-(-n // per_problem), seed, low, high, split)
+    if parser not in PARSERS:
+        raise ConfigError(f"parser must be one of {', '.join(PARSERS)}, got {parser!r}")
+    problems = make_tool_modulo(n, seed, low, high, split)
     rng = random.Random(seed + 7919)
     schemas = calculator_schemas() if tools else None
     rows: list[dict[str, Any]] = []
     for p in problems:
         user = p["prompt"]
-        wrong = rng.random() < noise
-        answer = str(p["variables"]["a"])[0] if wrong else p["answer"]
-        if not tools:
-            rows.append({"prompt": user, "completion": answer})
-            continue
-        call = tool_call_text(p["expression"])
-        rows.append({"prompt": user, "completion": call, "tools": schemas})
-        rows += [{"prompt": [*user, {"role": "assistant", "content": call},
-                                 {"role": "tool", "name": TOOL, "content": p["answer"]}],
-                  "completion": answer, "tools": schemas}] * answer_repeats
+        guess = str(p["variables"]["a"])[0]
+        if not tools:  # the no-tool baseline: a direct answer, wrong in the same fraction
+            rows.append({"prompt": user, "completion": guess if rng.random() < noise else p["answer"]})
+        elif rng.random() < noise:  # skips the tool and guesses
+            rows.append({"prompt": user, "completion": guess, "tools": schemas})
+        else:
+            call = tool_call_text(p["expression"], parser)
+            rows.append({"prompt": user, "completion": call, "tools": schemas})
+            rows += [{"prompt": [*user, {"role": "assistant", "content": call},
+                                     {"role": "tool", "name": TOOL, "content": p["answer"]}],
+                      "completion": p["answer"], "tools": schemas}] * answer_repeats
+        if len(rows) >= n:
+            break
     return rows[:n]
