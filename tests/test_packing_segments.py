@@ -68,7 +68,11 @@ def run_both(doc, seg, heads=4, kv_heads=2, dim=8, seed=0):
     [[[3, 4, 5]], [[3, 4, 5]], [[6, 2, 2]]],          # identical rows run as one batch
     [[[1]], [[9, 1, 1]]],                             # a row that is mostly padding
 ])
-def test_segments_equal_the_dense_mask(specs):
+@pytest.mark.parametrize("causal_min,chunk", [(0, 128), (10**6, 4), (10**6, 128)])
+def test_segments_equal_the_dense_mask(specs, causal_min, chunk, monkeypatch):
+    """Every call by sdpa's is_causal, or by query blocks (several per call, or one)."""
+    monkeypatch.setattr(attention, "CAUSAL_MIN", causal_min)
+    monkeypatch.setattr(attention, "CHUNK", chunk)
     width = max(sum(sum(doc) for doc in spec) for spec in specs) + 3
     doc, seg = rows(*specs, width=width)
     (a, *ga), (b, *gb) = run_both(doc, seg)

@@ -315,11 +315,39 @@ def segment_calls(doc_ids: torch.Tensor, segment_ids: torch.Tensor) -> list[tupl
     return plans
 
 
+CAUSAL_MIN = 4096  # causal calls this long use sdpa's is_causal; shorter ones query blocks
+CHUNK = 128  # query block of a shorter call (CHUNK_LONG from CHUNK_AT keys on)
+CHUNK_LONG, CHUNK_AT = 256, 2048
+
+
+def _causal(q, k, v, skip: int, scaling, p: float, gqa: bool) -> list[torch.Tensor]:
+    """Causal attention over ``q, k, v`` (``[B, H, n, D]``), the outputs of queries
+    ``skip...n`` (in pieces). torch's CPU flash kernel skips the upper triangle only in
+    512-key steps (at ``n <= 512`` causal costs as much as unmasked), so calls shorter than
+    :data:`CAUSAL_MIN` run as query blocks of :data:`CHUNK` over their causal key prefix with
+    the (lower-right) triangle as an explicit mask, which also skips the queries before
+    ``skip``. (Sizes measured on CPU, fp32, head size 64: ``benchmarks/README.md``.)"""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    n = q.shape[2]
+    if n >= CAUSAL_MIN:
+        out = sdpa(q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa)
+        return [out[:, :, skip:] if skip else out]
+    parts = []
+    step = CHUNK_LONG if n >= CHUNK_AT else CHUNK
+    for start in range(skip, n, step):
+        stop = min(start + step, n)
+        rows = torch.arange(start, stop, device=q.device)[:, None]
+        mask = torch.arange(stop, device=q.device)[None, :] <= rows
+        parts.append(sdpa(q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop], attn_mask=mask,
+                          dropout_p=p, scale=scaling, enable_gqa=gqa))
+    return parts
+
+
 def _segments_forward(query, key, value, plans: list[tuple[Call, ...]], scaling, p: float,
                       gqa: bool) -> torch.Tensor:
     """``[B, H, T, D]`` attention output of :func:`segment_calls`' calls; rows with the same
     calls are one batch."""
-    from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     groups: dict[tuple[Call, ...], list[int]] = {}
     for row, calls in enumerate(plans):
@@ -338,8 +366,7 @@ def _segments_forward(query, key, value, plans: list[tuple[Call, ...]], scaling,
             else:
                 pos = torch.cat([torch.arange(a, b), torch.arange(s, e)]).to(query.device)
                 q, k, v = q_g.index_select(2, pos), k_g.index_select(2, pos), v_g.index_select(2, pos)
-            out = sdpa(q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa)
-            parts.append(out if a == b else out[:, :, b - a:])
+            parts.extend(_causal(q, k, v, b - a, scaling, p, gqa))
         outs.append(torch.cat(parts, 2))
         order.extend(rows)
     if len(outs) == 1:
