@@ -181,6 +181,12 @@ def peak_line(peak: dict, dtype: str) -> str:
             f"in {peak.get('probes', 1)} probes, one before every point")
 
 
+def _ticks(ax, values: list[int]) -> None:
+    ticks = sorted(set(values))
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+
+
 def plot(series: dict[str, list[dict]], path: Path) -> None:
     import matplotlib
 
@@ -198,6 +204,7 @@ def plot(series: dict[str, list[dict]], path: Path) -> None:
         ax.plot([p["L"] for p in dpo], [p["executed_rel"] for p in dpo], "k:", label="executed FLOPs")
     ax.set(xscale="log", xlabel="L (tokens per sequence)", ylabel="per-token cost / first L (CPU time on CPU)",
            title="DPO, fixed token budget")
+    _ticks(ax, [p["L"] for pts in series.values() for p in pts if p["kind"] == "dpo"])
     ax.legend(fontsize=8)
     ax = axes[1]
     grpo = series.get("grpo", [])
@@ -207,6 +214,7 @@ def plot(series: dict[str, list[dict]], path: Path) -> None:
         ax.plot([p["L"] for p in pts], [p["executed_rel"] for p in pts], ":", label=f"FLOPs, G={group}")
     ax.set(xscale="log", xlabel="completion length", ylabel="per-token cost / first",
            title="GRPO update (packed)")
+    _ticks(ax, [p["L"] for p in grpo])
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -219,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny model and lengths (seconds)")
     ap.add_argument("--lengths", default=None, help="DPO lengths, comma-separated")
     ap.add_argument("--budget", type=int, default=None, help="DPO tokens per step")
-    ap.add_argument("--groups", default=None, help="GRPO group sizes")
+    ap.add_argument("--groups", default=None, help="GRPO group sizes ('' for none)")
     ap.add_argument("--grpo-lengths", default=None, help="GRPO completion lengths")
     ap.add_argument("--paths", default="auto,sdpa", help="model.attention paths for DPO")
     ap.add_argument("--sdpa-lengths", default=None,
@@ -236,7 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     shape = flops.Shape(**(QUICK if args.quick else FULL))
     lengths = [int(x) for x in (args.lengths or ("64,128" if args.quick else "256,512,1024,2048,4096")).split(",")]
     budget = args.budget or (256 if args.quick else 8192)
-    groups = [int(x) for x in (args.groups or ("2,4" if args.quick else "4,8")).split(",") if x]
+    default_groups = "2,4" if args.quick else "4,8"
+    groups = [int(x) for x in (default_groups if args.groups is None else args.groups).split(",") if x]
     glens = [int(x) for x in (args.grpo_lengths or ("32,64" if args.quick else "256,1024")).split(",")]
     n_gemm = 256 if args.quick else 1024
     probes: list[dict] = []
