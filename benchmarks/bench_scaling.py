@@ -1,6 +1,6 @@
 """Per-token cost against sequence length, and against the FLOP model (rlfoundry only).
 
-    PYTHONPATH=src python benchmarks/bench_scaling.py                 # CPU, fp32 (~5 min)
+    PYTHONPATH=src python benchmarks/bench_scaling.py                 # CPU, fp32 (~45 min)
     PYTHONPATH=src python benchmarks/bench_scaling.py --quick         # smoke test (seconds)
     PYTHONPATH=src python benchmarks/bench_scaling.py --device cuda --dtype bfloat16
 
