@@ -95,6 +95,7 @@ def test_segment_calls_tile_the_row_and_skip_the_hidden_quadrant():
     ([0, 0, 0, 0], [1, 1, 0, 0]),                    # prompt after its completion
     ([0, 0, 0, 0, 0], [0, 1, 2, 1, 1]),              # a completion in two places
     ([0, 0, 0, -1], [0, 1, 1, 2]),                   # padding with a segment
+    ([0, 0, 0, 1], [0, 1, -1, 0]),                   # a document's run without a segment
 ])
 def test_other_layouts_fall_back_to_the_block_loop(docs, segs):
     assert attention.segment_calls(torch.tensor([docs]), torch.tensor([segs])) is None

@@ -302,7 +302,7 @@ def segment_calls(doc_ids: torch.Tensor, segment_ids: torch.Tensor) -> list[tupl
                 j += 1
             own = runs[i:j + 1]
             segs_of = [r[1] for r in own]
-            if 0 in segs_of[1:] or len(set(segs_of)) != len(segs_of):
+            if min(segs_of) < 0 or 0 in segs_of[1:] or len(set(segs_of)) != len(segs_of):
                 return None
             prompt = (start, stop) if seg == 0 else (start, start)
             first = 1 if seg == 0 else 0
