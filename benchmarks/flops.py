@@ -9,9 +9,10 @@ Two counts for the same work:
   attention by the area of its mask (prompt causal, each response over the prompt and
   causally itself), the lm-head only at response positions.
 
-Training counts 3x the forward (forward + 2x backward). The peak is measured in its own
-warm-up phase, as the median of repeated GEMMs, never the best one; every figure is printed
-with the machine's load average.
+Training counts 3x the forward (forward + 2x backward). The peak is the median of repeated
+GEMMs, never the best one, by wall and by CPU time, in short probes taken between the timed
+points so that peak and steps see the same machine state; every figure is printed with the
+machine's load average.
 """
 
 from __future__ import annotations
@@ -81,9 +82,12 @@ def load_average() -> str:
 
 
 def gemm_peak(device: str = "cpu", dtype: str = "float32", n: int = 1024,
-              warmup: int = 3, repeats: int = 9) -> dict[str, float]:
+              warmup: int = 3, repeats: int = 9) -> dict:
     """Matmul rate of this machine (GFLOP/s): ``warmup`` untimed GEMMs, then the median (and
-    spread) of ``repeats`` timed ones. Run it in its own phase, before the timed work."""
+    spread) of ``repeats`` timed ones, by wall time and, on CPU, by this thread's CPU time
+    (``cpu_*``; with one torch thread the GEMM runs on the calling thread, so time lost to
+    other jobs on a shared machine is not counted). ``rates`` / ``cpu_rates`` keep every
+    sample, so probes taken between timed steps can be pooled (:func:`pooled`)."""
     import torch
 
     dt = getattr(torch, dtype)
@@ -98,11 +102,30 @@ def gemm_peak(device: str = "cpu", dtype: str = "float32", n: int = 1024,
     for _ in range(warmup):
         torch.mm(a, b, out=c)
     sync()
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.thread_time()
         torch.mm(a, b, out=c)
         sync()
+        cpu = time.thread_time() - cpu
         rates.append(2 * n ** 3 / (time.perf_counter() - t) / 1e9)
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
-            "n": n, "repeats": repeats, "load": load_average()}
+        if not device.startswith("cuda") and cpu > 0:
+            cpu_rates.append(2 * n ** 3 / cpu / 1e9)
+    return {**_summary(rates, cpu_rates), "n": n, "repeats": repeats, "rates": rates,
+            "cpu_rates": cpu_rates, "load": load_average()}
+
+
+def _summary(rates: list[float], cpu_rates: list[float]) -> dict:
+    out = {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+    if cpu_rates:
+        out.update(cpu_median=statistics.median(cpu_rates), cpu_min=min(cpu_rates),
+                   cpu_max=max(cpu_rates))
+    return out
+
+
+def pooled(probes: list[dict]) -> dict:
+    """One peak from several :func:`gemm_peak` probes: the median over all their samples."""
+    rates = [r for pr in probes for r in pr["rates"]]
+    cpu_rates = [r for pr in probes for r in pr["cpu_rates"]]
+    return {**_summary(rates, cpu_rates), "n": probes[0]["n"], "repeats": len(rates),
+            "probes": len(probes), "load": probes[-1]["load"]}

@@ -19,10 +19,20 @@ Four ways to run it, chosen by ``model.attention`` (``auto`` | ``flex`` | ``sdpa
   other documents) are never computed; compiled with ``torch.compile`` (triton). Eager flex
   materialises the scores, so ``auto`` takes flex only where it compiles.
 - ``blocked`` (CPU, or CUDA without flex): torch's flex attention has no backward on CPU,
-  so the same block skipping is done by :func:`_blocked_forward`: the rows are cut into query
-  blocks of :data:`BLOCK` tokens, each block runs sdpa over the key blocks its mask touches
-  only, with the dense mask restricted to them. Same maths, cost proportional to the mask
-  area (to block granularity).
+  so the masked-out area is skipped by :func:`_blocked_forward` instead, in one of two ways:
+
+  - *segments* (the layouts rlfoundry's collators build: documents of a prompt and its
+    completions, trailing padding; :func:`segment_calls`): one causal sdpa call
+    (``is_causal=True``, torch's fused kernel, which skips the upper triangle) over the
+    prompt and first completion, one more over ``[prompt, completion]`` (gathered) for each
+    further completion, keeping only the completion's outputs, and one over the padding. The
+    mask is never read; the only extra work is each further completion's pass over the
+    prompt's own causal triangle. Rows with the same calls run as one batch.
+  - *blocks* (any other mask): the rows are cut into query blocks of :data:`BLOCK` tokens,
+    each block runs sdpa over the key blocks its mask touches only, with the dense mask
+    restricted to them.
+
+  Same maths as the dense mask, cost proportional to the mask area.
 - ``sdpa`` / ``eager``: the same rule as a dense ``[B, 1, T, T]`` mask (every block computed).
 - flash-attention models: documents with one completion each run mask-free, the boundaries
   read from ``position_ids`` (restarting at 0 per document: transformers' varlen path).
@@ -124,6 +134,12 @@ def log_plan(plan: AttentionPlan) -> None:
         _logged.add(key)
         logger.info("packed attention: %s%s (%s)", plan.path,
                     " compiled" if plan.compile else "", plan.why)
+
+
+def _log_once(path: str, why: str) -> None:
+    if ("blocked:" + path, why) not in _logged:
+        _logged.add(("blocked:" + path, why))
+        logger.info("blocked attention runs by %s (%s)", path, why)
 
 
 def mask_rule(doc_q, seg_q, doc_k, seg_k, q, k):
@@ -241,10 +257,130 @@ def _structure(mask: torch.Tensor, block: int) -> list[list[tuple[int, int, torc
     return plan
 
 
+Call = tuple[int, int, int, int]  # (prefix start, prefix stop, start, stop): see segment_calls
+
+
+def _runs(values: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
+    """``(doc, seg, start, stop)`` of each run of equal ``(doc, seg)`` in a row."""
+    runs, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            runs.append((*values[start], start, i))
+            start = i
+    return runs
+
+
+def segment_calls(doc_ids: torch.Tensor, segment_ids: torch.Tensor) -> list[tuple[Call, ...]] | None:
+    """Per row, the causal sdpa calls that compute the packed-row rule exactly, or ``None``
+    when some row is not laid out as documents (each a contiguous run: an optional prompt,
+    segment ``0``, then completions with distinct segments ``> 0``) followed by padding only
+    (``doc = seg = -1``).
+
+    A call ``(a, b, s, e)`` runs causal attention over positions ``[a, b) + [s, e)`` and
+    writes its last ``e - s`` outputs to ``[s, e)``: ``a == b`` (no prefix) for the prompt
+    with the first completion, a document without completions and the padding; the prompt
+    ``[a, b)`` as prefix for each further completion. The calls' ``[s, e)`` tile the row in
+    order."""
+    plans = []
+    for docs, segs in zip(doc_ids.tolist(), segment_ids.tolist()):
+        calls: list[Call] = []
+        seen: set[int] = set()
+        runs = _runs(list(zip(docs, segs)))
+        i = 0
+        while i < len(runs):
+            doc, seg, start, stop = runs[i]
+            if doc == -1:  # padding: only as the row's last run, attending to itself
+                if seg != -1 or i != len(runs) - 1:
+                    return None
+                calls.append((start, start, start, stop))
+                break
+            if doc < 0 or doc in seen or seg < 0:
+                return None
+            seen.add(doc)
+            j = i
+            while j + 1 < len(runs) and runs[j + 1][0] == doc:
+                j += 1
+            own = runs[i:j + 1]
+            segs_of = [r[1] for r in own]
+            if min(segs_of) < 0 or 0 in segs_of[1:] or len(set(segs_of)) != len(segs_of):
+                return None
+            prompt = (start, stop) if seg == 0 else (start, start)
+            first = 1 if seg == 0 else 0
+            head_stop = own[first][3] if first < len(own) else stop
+            calls.append((start, start, start, head_stop))  # prompt + first completion
+            for _, _, s, e in own[first + 1:]:
+                calls.append((*prompt, s, e))
+            i = j + 1
+        plans.append(tuple(calls))
+    return plans
+
+
+CAUSAL_MIN = 4096  # causal calls this long use sdpa's is_causal; shorter ones query blocks
+CHUNK = 128  # query block of a shorter call (CHUNK_LONG from CHUNK_AT keys on)
+CHUNK_LONG, CHUNK_AT = 256, 2048
+
+
+def _causal(q, k, v, skip: int, scaling, p: float, gqa: bool) -> list[torch.Tensor]:
+    """Causal attention over ``q, k, v`` (``[B, H, n, D]``), the outputs of queries
+    ``skip...n`` (in pieces). torch's CPU flash kernel skips the upper triangle only in
+    512-key steps (at ``n <= 512`` causal costs as much as unmasked), so calls shorter than
+    :data:`CAUSAL_MIN` run as query blocks of :data:`CHUNK` over their causal key prefix with
+    the (lower-right) triangle as an explicit mask, which also skips the queries before
+    ``skip``. (Sizes measured on CPU, fp32, head size 64: ``benchmarks/README.md``.)"""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    n = q.shape[2]
+    if n >= CAUSAL_MIN or q.is_cuda:  # CUDA's fused kernels skip the triangle per tile
+        out = sdpa(q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa)
+        return [out[:, :, skip:] if skip else out]
+    parts = []
+    step = CHUNK_LONG if n >= CHUNK_AT else CHUNK
+    for start in range(skip, n, step):
+        stop = min(start + step, n)
+        rows = torch.arange(start, stop, device=q.device)[:, None]
+        mask = torch.arange(stop, device=q.device)[None, :] <= rows
+        parts.append(sdpa(q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop], attn_mask=mask,
+                          dropout_p=p, scale=scaling, enable_gqa=gqa))
+    return parts
+
+
+def _segments_forward(query, key, value, plans: list[tuple[Call, ...]], scaling, p: float,
+                      gqa: bool) -> torch.Tensor:
+    """``[B, H, T, D]`` attention output of :func:`segment_calls`' calls; rows with the same
+    calls are one batch."""
+
+    groups: dict[tuple[Call, ...], list[int]] = {}
+    for row, calls in enumerate(plans):
+        groups.setdefault(calls, []).append(row)
+    outs, order = [], []
+    for calls, rows in groups.items():
+        if len(rows) == query.shape[0]:
+            q_g, k_g, v_g = query, key, value
+        else:
+            idx = torch.tensor(rows, device=query.device)
+            q_g, k_g, v_g = query.index_select(0, idx), key.index_select(0, idx), value.index_select(0, idx)
+        parts = []
+        for a, b, s, e in calls:
+            if a == b:
+                q, k, v = q_g[:, :, s:e], k_g[:, :, s:e], v_g[:, :, s:e]
+            else:
+                pos = torch.cat([torch.arange(a, b), torch.arange(s, e)]).to(query.device)
+                q, k, v = q_g.index_select(2, pos), k_g.index_select(2, pos), v_g.index_select(2, pos)
+            parts.extend(_causal(q, k, v, b - a, scaling, p, gqa))
+        outs.append(torch.cat(parts, 2))
+        order.extend(rows)
+    if len(outs) == 1:
+        return outs[0]
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(outs).index_select(0, inverse.to(query.device))
+
+
 def _blocked_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                      **kwargs):
-    """AttentionInterface function: sdpa over the touched key blocks of each query block
-    (module docstring) when handed a boolean ``[B, 1, T, T]`` mask, else plain sdpa."""
+    """AttentionInterface function (module docstring): causal sdpa per segment when the mask
+    carries :func:`segment_calls`' plan, else sdpa over the touched key blocks of each query
+    block for a boolean ``[B, 1, T, T]`` mask, else plain sdpa."""
     from torch.nn.functional import scaled_dot_product_attention as sdpa
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -254,6 +390,12 @@ def _blocked_forward(module, query, key, value, attention_mask, scaling=None, dr
                                       scaling=scaling, **kwargs)
     p = dropout if module.training else 0.0
     gqa = query.shape[1] != key.shape[1]
+    plans = getattr(attention_mask, "_rlf_segments", None)
+    if plans is not None and len(plans) == query.shape[0]:
+        _log_once("segments", "causal sdpa per prompt/completion segment")
+        out = _segments_forward(query, key, value, plans, scaling, p, gqa)
+        return out.transpose(1, 2).contiguous(), None
+    _log_once("blocks", f"query blocks of {BLOCK} tokens over the key blocks the mask touches")
     rows = []
     for b, blocks in enumerate(_structure(attention_mask, BLOCK)):
         q_b, k_b, v_b, m_b = query[b:b + 1], key[b:b + 1], value[b:b + 1], attention_mask[b:b + 1]
@@ -310,4 +452,7 @@ def build_mask(plan: AttentionPlan, doc_ids: torch.Tensor, segment_ids: torch.Te
         mask = block_mask(doc_ids, segment_ids)
         mask._rlf_compile = plan.compile
         return mask
-    return dense_mask(doc_ids, segment_ids, dtype if eager and plan.path == "dense" else None)
+    mask = dense_mask(doc_ids, segment_ids, dtype if eager and plan.path == "dense" else None)
+    if plan.path == "blocked":
+        mask._rlf_segments = segment_calls(doc_ids, segment_ids)  # None: the block loop
+    return mask
