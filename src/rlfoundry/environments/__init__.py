@@ -13,6 +13,7 @@ from rlfoundry.environments.base import (
     register_environment,
 )
 from rlfoundry.environments.episodes import EpisodeRunner, EpisodeSettings
+from rlfoundry.environments.tag_calls import parse_tags
 from rlfoundry.environments.tool_calls import (
     TOOL_PARSERS,
     CallError,
@@ -21,7 +22,6 @@ from rlfoundry.environments.tool_calls import (
     parse_hermes,
     register_tool_parser,
 )
-from rlfoundry.environments.tag_calls import parse_tags
 from rlfoundry.environments.tool_env import ToolEnvironment
 from rlfoundry.environments.tools import (
     TOOLS,
