@@ -230,6 +230,24 @@ def make_max_sft(
             for r in rows]
 
 
+def make_tool_modulo(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """The tool task's problems: "a=3889, b=4884. (a+b) mod 7?" with ``a``, ``b`` bound for
+    the calculator (``variables``) and a one-digit ``answer``; episodes of the ``tools``
+    environment (rlfoundry.data.tool_arith)."""
+    from rlfoundry.data import tool_arith  # imported on use: it needs the tool registry
+
+    return tool_arith.make_tool_modulo(*args, **kwargs)
+
+
+def make_tool_modulo_sft(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """The tool task's SFT demonstrations, one row per model turn (the calculator call, then
+    the answer); options ``noise`` (fraction that skips the tool and guesses), ``tools``
+    (false: direct answers, the no-tool baseline), ``parser`` (tags | hermes)."""
+    from rlfoundry.data import tool_arith
+
+    return tool_arith.make_tool_modulo_sft(*args, **kwargs)
+
+
 BUILTIN_DATASETS: dict[str, tuple[Callable[..., list[dict[str, Any]]], str, int]] = {
     # name: (generator, kind, default train size); eval defaults to a tenth of train
     "sort_preferences": (make_sort_preferences, "preference", 2000),
@@ -240,15 +258,9 @@ BUILTIN_DATASETS: dict[str, tuple[Callable[..., list[dict[str, Any]]], str, int]
     "max_sft": (make_max_sft, "sft", 2000),
     "sort_sft": (make_sort_sft, "sft", 2000),
     # the tool task (rlfoundry.data.tool_arith): episodes, and per-turn SFT demonstrations
-    "tool_modulo": (lambda *a, **k: _tool_arith().make_tool_modulo(*a, **k), "prompt", 2000),
-    "tool_modulo_sft": (lambda *a, **k: _tool_arith().make_tool_modulo_sft(*a, **k), "sft", 2000),
+    "tool_modulo": (make_tool_modulo, "prompt", 2000),
+    "tool_modulo_sft": (make_tool_modulo_sft, "sft", 2000),
 }
-
-
-def _tool_arith():
-    from rlfoundry.data import tool_arith  # imported on use: it needs the tool registry
-
-    return tool_arith
 
 
 def builtin_dataset(

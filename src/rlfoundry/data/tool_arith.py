@@ -4,23 +4,22 @@ one-digit result.
 
 A row binds the problem's data as variables (``variables: {"a": 3889, "b": 4884}``), the
 "code interpreter with the problem's data loaded" pattern: the ``tools`` environment hands them
-to the calculator, so the call names them (``(a + b) % 7``) instead of copying the numbers. The
+to the calculator, so the call names them (``(a+b)%7``) instead of copying the numbers. The
 call's text depends only on the question's operation (one of :data:`OPERATIONS`), and the
-answer is one digit: what the model has to learn is which expression to write and to copy the
-tool's digit. (Copying 4-digit operands into the call was measured to be out of the tiny
-model's reach in minutes of SFT; docs/environments.md, "A task where tools help".)
+answer is one digit: what the model has to learn is to call, which expression to write, and
+to copy the tool's digit.
 
-* ``tool_modulo``: ``{"prompt": [user "a = 3889, b = 4884. What is (a + b) mod 7?"],
-  "variables": {"a": 3889, "b": 4884}, "answer": "2"}`` (episodes of the ``tools``
-  environment; with ``tools: []`` the same task without tools).
+* ``tool_modulo``: ``{"prompt": [user "a=3889, b=4884. (a+b) mod 7?"], "variables":
+  {"a": 3889, "b": 4884}, "answer": "2"}`` (episodes of the ``tools`` environment; with
+  ``tools: []`` the same task without tools).
 * ``tool_modulo_sft``: demonstrations for the SFT warm start, one row per model turn, so the
   tool's answer is in the prompt and never trained on. With ``tools: true`` (default) a
-  problem gives two rows: the call (completion
-  ``<tool_call>{"name":"calculator","arguments":{"expression":"(a + b) % 7"}}</tool_call>``) and
-  the answer (prompt: question, call and the tool's message; completion: the digit). A
-  fraction ``noise`` of the demonstrations is wrong: the final answer is the first digit of
-  ``a`` instead of the tool's result. With ``tools: false`` a problem gives one row answering
-  directly (wrong in the same fraction): the warm start of the no-tool baseline.
+  problem gives two rows: the call (completion ``<calculator>(a+b)%7</calculator>``, the
+  ``tags`` format; ``parser: hermes`` writes the JSON format instead) and the answer (prompt:
+  question, call and the tool's message; completion: the digit). A fraction ``noise`` of the
+  demonstrations skips the tool and guesses the first digit of ``a`` (one row). With
+  ``tools: false`` a problem gives one row answering directly (the first digit of ``a`` in
+  the same fraction, else the right answer): the warm start of the no-tool baseline.
 
 Rows carry the tool schemas in a ``tools`` column, which the chat template renders
 (``apply_chat_template(tools=...)``) exactly as the ``tools`` environment's episodes do.
