@@ -3,19 +3,18 @@ tool-using policy beats its SFT start and the policy trained without tools."""
 
 import pytest
 
-# Smaller than the recipe so the test stays near two minutes on a quiet 2-core machine.
-FAST_GAIN = ["sft_tools.training.max_steps=60", "sft_tools.training.eval_every=60",
-             "sft_no_tools.training.max_steps=30", "sft_no_tools.training.eval_every=30",
-             "grpo_tools.data.eval_size=48", "grpo_no_tools.data.eval_size=48",
-             "grpo_tools.training.eval_every=100", "grpo_no_tools.training.max_steps=4",
-             "grpo_no_tools.training.eval_every=100"]
+# The tool policy's stages as in the recipe (the gain needs them); the no-tool baseline, which
+# can only guess, with fewer steps; smaller held-out sets. About 8 minutes on 2 cores.
+FAST_GAIN = ["sft_no_tools.training.max_steps=150", "sft_no_tools.training.eval_every=150",
+             "grpo_no_tools.training.max_steps=10", "grpo_tools.data.eval_size=64",
+             "grpo_no_tools.data.eval_size=64", "grpo_tools.training.eval_every=100",
+             "grpo_no_tools.training.eval_every=100", "sft_tools.training.eval_every=1000"]
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="the tool task's gain is not measured yet (docs/environments.md, 'A task "
-                  "where tools help': the SFT start did not learn the answer turn in 100 steps; "
-                  "nor with answer_repeats 4); remove this mark once the table is measured")
 def test_tools_help_after_grpo(tmp_path):
+    """The issue's acceptance: after multi-turn GRPO with the calculator, the tool-using policy
+    beats its SFT start and the no-tool policy by a clear margin, and calls the tool."""
     from rlfoundry.tool_task import run_tool_task
 
     summary = run_tool_task(tmp_path, progress=False, log=lambda _: None, overrides=FAST_GAIN)
@@ -23,7 +22,8 @@ def test_tools_help_after_grpo(tmp_path):
     tools_after = rows["tools", "after GRPO"]["accuracy"]
     assert tools_after >= rows["tools", "SFT start"]["accuracy"] + 0.2, summary["results"]
     assert tools_after >= rows["no tools", "after GRPO"]["accuracy"] + 0.2, summary["results"]
-    assert rows["tools", "after GRPO"]["tool_calls"] >= 0.9  # it calls the calculator
+    assert rows["tools", "after GRPO"]["tool_calls"] >= 0.9  # it learned to call the calculator
+    assert rows["tools", "after GRPO"]["tool_calls"] > rows["tools", "SFT start"]["tool_calls"]
     assert rows["no tools", "after GRPO"]["tool_calls"] == 0.0 and rows["no tools", "after GRPO"]["turns"] == 1.0
     assert (tmp_path / "report.md").read_text().startswith("| policy | moment |")
 

@@ -1,15 +1,16 @@
 """``rlfoundry quickstart --task tools``: a task where a tool measurably helps.
 
-The tiny random-init model (``builtin:tiny``) is asked ``(a + b) mod 7`` (or ``- ``, ``mod 9``)
+The tiny random-init model (``builtin:tiny``) is asked ``(a+b) mod 7`` (or ``-``, ``mod 9``)
 for two bound 4-digit numbers (``builtin:tool_modulo``), which it cannot learn to do in its head
-in a few CPU minutes; the calculator evaluates ``(a + b) % 7`` over the row's variables.
+in a few CPU minutes; the calculator evaluates ``(a+b)%7`` over the row's variables.
 Two policies are trained the same way, SFT on partly wrong demonstrations and then multi-turn
 GRPO with the ``tools`` environment and an exact-match reward:
 
-- ``tools``: the demonstrations call the ``calculator`` and then answer, 60% of them with the
-  first digit of ``a`` instead of the tool's result; GRPO runs with the calculator available;
-- ``no_tools``: the demonstrations answer directly (60% wrong the same way); GRPO runs with
-  no tools (``environment.args.tools: []``).
+- ``tools``: the demonstrations call the ``calculator`` (``<calculator>(a+b)%7</calculator>``,
+  the ``tags`` format) and then answer with its result; half of them skip the tool and guess
+  the first digit of ``a``. GRPO runs with the calculator available;
+- ``no_tools``: the demonstrations answer directly (half of them the same guess); GRPO runs
+  with no tools (``environment.args.tools: []``).
 
 Held-out exact match (greedy episodes), tool calls and turns per episode are reported for the
 SFT start and after GRPO of each. Stage configs are package recipes
