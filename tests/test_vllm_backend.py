@@ -77,6 +77,42 @@ def test_greedy_matches_hf_backend(engine, policy, tok):
     assert max_abs_diff(ours.sampling_logprobs, hf.sampling_logprobs) < 1e-4
 
 
+def test_multi_turn_episodes_on_vllm_match_the_hf_backend(engine, policy, tok):
+    """Issue 14: the episode runner drives the vLLM engine like the HF one: same turns, same
+    sampled ids, the environment's tokens masked the same way, engine log-probs of the model
+    tokens only."""
+    from rlfoundry.environments import (
+        Environment,
+        EnvStep,
+        EpisodeRunner,
+        EpisodeSettings,
+        EpisodeStart,
+    )
+
+    class ThreeTurns(Environment):
+        def reset(self, row):
+            return EpisodeStart([{"role": "user", "content": row["prompt"]}], 0)
+
+        def step(self, turn, text):
+            done = turn == 2
+            return EnvStep([] if done else [{"role": "user", "content": f"again {turn}"}],
+                           float(len(text)) if done else None, done, turn + 1)
+
+    rows = [{"prompt": t} for t in TEXTS[:2]]
+    params = SamplingParams(temperature=0.0, max_new_tokens=6)
+    runs = [EpisodeRunner(ThreeTurns(), backend, tok, params, EpisodeSettings(max_turns=3))
+            .run(rows, ["r0", "r1"], 2, torch.Generator().manual_seed(0))
+            for backend in (engine, HFSampler(policy, tok))]
+    ours, hf = runs
+    assert [e.turns for e in ours.episodes] == [3, 3, 3, 3] == [e.turns for e in hf.episodes]
+    assert ours.completion_ids == hf.completion_ids and ours.model_mask == hf.model_mask
+    assert all(0 < sum(m) < len(m) for m in ours.model_mask)  # model and environment tokens
+    assert [e.env_reward for e in ours.episodes] == [e.env_reward for e in hf.episodes]
+    model_lp = [[lp for lp, m in zip(lps, mask) if m] for lps, mask in zip(ours.sampling_logprobs, ours.model_mask)]
+    hf_lp = [[lp for lp, m in zip(lps, mask) if m] for lps, mask in zip(hf.sampling_logprobs, hf.model_mask)]
+    assert max_abs_diff(model_lp, hf_lp) < 1e-4
+
+
 def teacher_forced(policy, rollout, temperature):
     """The trainer's log-probs of every sampled token (logits / temperature, fp32)."""
     out = []

@@ -83,7 +83,7 @@ class SFTTrainer(Trainer):
         was_training = self.model.training
         self.model.eval()
         acc, size = WeightedMean(), self.config.training.batch_size
-        count = "num_tokens" if getattr(self.loss_fn, "reduction", "token") == "token" else "num_sequences"
+        count = "num_sequences" if getattr(self.loss_fn, "reduction", "token") == "sequence" else "num_tokens"
         share = shard_range(len(self.eval_rows), self.dist.rank, self.dist.world_size)
         batches = [self.collate(list(range(s, min(s + size, share.stop))), self.eval_rows)
                    for s in range(share.start, share.stop, size)]
