@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,13 +160,21 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", *, fast: bool = F
     extra threads mostly spin (measured 5x slower with 2 threads than 1 on 2 shared cores).
     One thread also makes the figures independent of the machine's core count.
     """
+    overrides = [f"training.num_threads={threads}", *overrides]  # each stage's trainer keeps it
+    with torch_threads(threads, "quickstart"):
+        return _run(Path(output_dir), fast, overrides, progress, log)
+
+
+@contextmanager
+def torch_threads(threads: int, where: str) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside, restored after (the demos'
+    ``--threads``); ConfigError naming ``where`` for a count below 1."""
     if threads < 1:
-        raise ConfigError(f"quickstart: threads must be >= 1, got {threads}")
+        raise ConfigError(f"{where}: threads must be >= 1, got {threads}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    overrides = [f"training.num_threads={threads}", *overrides]  # each stage's trainer keeps it
     try:
-        return _run(Path(output_dir), fast, overrides, progress, log)
+        yield
     finally:
         torch.set_num_threads(previous)
 

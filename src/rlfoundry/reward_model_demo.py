@@ -32,7 +32,7 @@ import yaml
 
 from rlfoundry.config import RunConfig, load_config
 from rlfoundry.errors import ConfigError
-from rlfoundry.quickstart import split_overrides
+from rlfoundry.quickstart import split_overrides, torch_threads
 
 RECIPES = Path(__file__).parent / "recipes"
 STAGES = {"rm": "reward_model_sort.yaml", "sft": "reward_model_demo_sft.yaml",
@@ -95,14 +95,8 @@ def run_demo(output_dir: str | Path = "runs/reward_model_demo", *, fast: bool = 
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the three stages; write and return the summary (see the module docstring).
     ``threads``: torch's intra-op threads while it runs (1 suits the tiny model; restored after)."""
-    if threads < 1:
-        raise ConfigError(f"reward-model demo: threads must be >= 1, got {threads}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads, "reward-model demo"):
         return _run(Path(output_dir), fast, overrides, progress, log)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(root: Path, fast: bool, overrides: Sequence[str], progress: bool,

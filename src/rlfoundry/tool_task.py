@@ -33,7 +33,7 @@ import torch
 
 from rlfoundry.config import RunConfig, load_config
 from rlfoundry.errors import ConfigError
-from rlfoundry.quickstart import RECIPES, save_config, split_overrides, train_stage
+from rlfoundry.quickstart import RECIPES, save_config, split_overrides, torch_threads, train_stage
 
 
 @dataclass(frozen=True)
@@ -88,15 +88,11 @@ def run_tool_task(output_dir: str | Path = "runs/tools", *, fast: bool = False,
                   overrides: Sequence[str] = (), progress: bool = True, threads: int = 1,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the four stages; write ``summary.json`` and ``report.md``; return the summary."""
-    if threads < 1:
-        raise ConfigError(f"tool task: threads must be >= 1, got {threads}")
     root = Path(output_dir)
-    configs = stage_configs(root, overrides, fast, progress)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    stages: dict[str, dict[str, Any]] = {}
-    try:
+    with torch_threads(threads, "tool task"):
+        configs = stage_configs(root, overrides, fast, progress)
+        start = time.perf_counter()
+        stages: dict[str, dict[str, Any]] = {}
         for i, stage in enumerate(STAGES, start=1):
             cfg = configs[stage.name]
             log(f"\n[{i}/{len(STAGES)}] {stage.name} ({cfg.training.max_steps} steps, "
@@ -105,8 +101,6 @@ def run_tool_task(output_dir: str | Path = "runs/tools", *, fast: bool = False,
             trainer, seconds = train_stage(cfg)
             stages[stage.name] = {"steps": trainer.step, "seconds": round(seconds, 1),
                                   "before": dict(trainer.initial_eval), "after": dict(trainer.last_eval)}
-    finally:
-        torch.set_num_threads(previous)
     summary = {
         "fast": fast, "threads": threads, "total_seconds": round(time.perf_counter() - start, 1),
         "machine": f"{platform.machine()}, {platform.processor() or platform.system()}, "
